@@ -1,0 +1,348 @@
+"""Sweep bookkeeping that every training job goes through: what to skip, what is done, what failed.
+
+The paper's protocol (glip_spec.md section 4) is not a Cartesian product: zero-shot is evaluated
+once per task and model, and full-data ("all") runs once, while 1/3/5/10-shot runs once per seed.
+Hydra's basic sweeper only knows products, and a custom sweeper would have to live in the
+`hydra_plugins` namespace, so the sweep yaml spans the product and each job asks `skip_reason`
+first: a redundant grid point, or one whose `results.json` is already complete, returns within
+milliseconds, and re-running the same command resumes the sweep.
+
+A failed job must not take the sweep down (Hydra re-raises a job's exception after its batch,
+and the submitit launcher raises as soon as it collects a failed job), so `run_job` records the
+traceback in the job's own `results.json` and returns; `adapt.report` lists it.
+
+The training job (`adapt.run`) uses it as::
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def main(cfg):
+        return sweep.run_job(cfg, train_and_evaluate)   # train_and_evaluate(cfg) -> anything
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import socket
+import tempfile
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+ZERO_MODE = "zero"
+ALL_SHOTS = "all"
+# The seed that the once-only runs (zero-shot, full data) use when the sweep yaml does not say;
+# 3 is the first of the official few-shot seeds 3/30/300 (glip_spec.md 4.5).
+DEFAULT_CANONICAL_SEED = 3
+
+Shots = int | str
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One job of a sweep, in the units results.json and the report use."""
+
+    task: str
+    model: str
+    mode: str
+    shots: Shots
+    seed: int
+
+
+def normalize_shots(value: Any) -> Shots:
+    """Bring a shots value to the results.json form: an int, or "all".
+
+    Hydra hands over the shots group choice as a string ("5", "all") while the composed config
+    holds an int, and both must compare equal when the report matches jobs to the grid.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"shots must be an int or 'all', got {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().strip("'\"").lower()
+    if text in ("all", "full", "-1"):
+        return ALL_SHOTS
+    digits = text.removeprefix("shots").removeprefix("shot").removesuffix("shots").removesuffix("shot")
+    if digits.isdigit():
+        return int(digits)
+    raise ValueError(f"shots must be an int or 'all', got {value!r}")
+
+
+def shots_sort_key(shots: Shots) -> tuple[int, int]:
+    """Order shots the way the paper's tables do: 0, 1, 3, 5, 10, then all."""
+    return (1, 0) if shots == ALL_SHOTS else (0, int(shots))
+
+
+def point_skip_reason(point: GridPoint, canonical_seed: int = DEFAULT_CANONICAL_SEED) -> str | None:
+    """Why `point` is a redundant corner of the product grid, or None if it must run.
+
+    This is the single statement of the paper's protocol; the job and the report's expected
+    grid both use it, so they cannot disagree about which jobs should exist.
+    """
+    if point.mode == ZERO_MODE:
+        if point.shots != 0:
+            return "zero-shot is evaluated once per task and model, at shots=0"
+        if point.seed != canonical_seed:
+            return f"zero-shot is evaluated once per task and model, with seed {canonical_seed}"
+        return None
+    if point.shots == 0:
+        return "shots=0 is the zero-shot evaluation, which runs as mode=zero"
+    if point.shots == ALL_SHOTS and point.seed != canonical_seed:
+        return f"full-data runs once, with seed {canonical_seed}"
+    return None
+
+
+def _select(cfg: Any, key: str) -> Any:
+    """OmegaConf.select that tolerates interpolations it cannot resolve outside a Hydra run."""
+    try:
+        return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    except Exception:  # a resolver such as ${hydra:...} missing outside Hydra
+        return None
+
+
+def hydra_choices() -> dict[str, str]:
+    """The running Hydra job's config-group choices ({"task": "odinw/aquarium", ...}), or {}."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def grid_point(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] | None = None) -> GridPoint:
+    """Read a job's grid coordinates.
+
+    The config-group choices come first (`choices`, else the running Hydra job's), because they
+    are what a sweep's overrides and folder names use (`task=odinw/aquarium`, `shots='5'`);
+    outside Hydra the config's own keys stand in: `task.id` or `task.name`, `model.name`,
+    `mode.name`, `shots.k` (or a plain `shots`). The seed is always the config's `seed`.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    choices = dict(hydra_choices() if choices is None else choices)
+    shots = (
+        _select(cfg, "shots.k") if isinstance(_select(cfg, "shots"), DictConfig) else _select(cfg, "shots")
+    )
+    values = {
+        "task": choices.get("task") or _select(cfg, "task.id") or _select(cfg, "task.name"),
+        "model": choices.get("model") or _select(cfg, "model.name"),
+        "mode": choices.get("mode") or _select(cfg, "mode.name"),
+        "shots": choices.get("shots") or shots,
+        "seed": _select(cfg, "seed"),
+    }
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise KeyError(f"config lacks the sweep coordinates {missing} (see adapt/sweep.py grid_point)")
+    return GridPoint(
+        task=str(values["task"]),
+        model=str(values["model"]),
+        mode=str(values["mode"]),
+        shots=normalize_shots(values["shots"]),
+        seed=int(values["seed"]),
+    )
+
+
+def in_sweep(cfg: DictConfig | Mapping[str, Any]) -> bool:
+    """A job belongs to a protocol sweep when a `conf/sweep/*` file added its `sweep` node.
+
+    Opting in through `+sweep=...` keeps single runs literal: `mode=zero shots=5` on its own is
+    an explicit request and runs.
+    """
+    node = cfg.get("sweep") if isinstance(cfg, Mapping | DictConfig) else None
+    return isinstance(node, Mapping | DictConfig)
+
+
+def canonical_seed(cfg: DictConfig | Mapping[str, Any]) -> int:
+    """The seed of the once-only runs, `sweep.canonical_seed` (default 3)."""
+    node = cfg.get("sweep") if in_sweep(cfg) else None
+    value = node.get("canonical_seed") if node is not None else None
+    return DEFAULT_CANONICAL_SEED if value is None else int(value)
+
+
+def read_results(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's results.json, or None when it is absent or unreadable (a torn write)."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def completed(run_dir: str | os.PathLike[str]) -> bool:
+    """True when the run folder holds a results.json with status "complete".
+
+    Only "complete" counts: a "running" file is what a killed job (OOM, SLURM time limit)
+    leaves behind, and a "failed" one should be retried when the sweep is re-run.
+    """
+    data = read_results(run_dir)
+    return data is not None and data.get("status") == "complete"
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON so that readers (the report, a resuming sweep) never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _host_info() -> dict[str, Any]:
+    """Where the job ran: enough to find its SLURM log when it fails or hangs."""
+    info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        if var in os.environ:
+            info[var.lower()] = os.environ[var]
+    return info
+
+
+def _point_fields(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    try:
+        point = grid_point(cfg)
+    except (KeyError, ValueError):
+        return {}
+    return {
+        "task": point.task,
+        "model": point.model,
+        "mode": point.mode,
+        "shots": point.shots,
+        "seed": point.seed,
+    }
+
+
+def _config_container(cfg: DictConfig | Mapping[str, Any] | None) -> Any:
+    if cfg is None:
+        return None
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # unresolvable interpolation: keep the raw form rather than lose the record
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def record_start(run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str, Any] | None = None) -> None:
+    """Mark the run as started, so a job killed without a Python exception shows up as "running".
+
+    The training job later overwrites this file with its own, fuller record.
+    """
+    write_json_atomic(
+        Path(run_dir) / RESULTS_FILE,
+        {"status": "running", **_point_fields(cfg), "started_at": _now(), **_host_info()},
+    )
+
+
+def record_failure(
+    run_dir: str | os.PathLike[str],
+    exc: BaseException,
+    cfg: DictConfig | Mapping[str, Any] | None = None,
+) -> Path:
+    """Write results.json with status "failed" and the traceback, keeping what the run had logged.
+
+    Fields already in the file (a "running" record with val_history, say) are kept, so the
+    report can show how far the job got.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    record = read_results(run_dir) or {}
+    record.update(_point_fields(cfg))
+    if cfg is not None and "config" not in record:
+        record["config"] = _config_container(cfg)
+    record.update(
+        status="failed",
+        error="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        error_type=type(exc).__name__,
+        failed_at=_now(),
+        **_host_info(),
+    )
+    write_json_atomic(path, record)
+    return path
+
+
+def skip_reason(
+    cfg: DictConfig | Mapping[str, Any], run_dir: str | os.PathLike[str] | None = None
+) -> str | None:
+    """Why this job should exit at once, or None to run it.
+
+    Only jobs of a protocol sweep (`+sweep=...`) are ever skipped: a redundant grid point (see
+    `point_skip_reason`), or a run whose folder already has a complete results.json, unless
+    `sweep.rerun_complete=true`. `run_dir` defaults to the Hydra job's output folder.
+    """
+    if not in_sweep(cfg):
+        return None
+    reason = point_skip_reason(grid_point(cfg), canonical_seed(cfg))
+    if reason is not None:
+        return f"redundant grid point: {reason}"
+    if run_dir is None:
+        run_dir = hydra_output_dir()
+    rerun = bool(_select(cfg, "sweep.rerun_complete") or False)
+    if run_dir is not None and not rerun and completed(run_dir):
+        return f"already complete: {Path(run_dir) / RESULTS_FILE}"
+    return None
+
+
+def hydra_output_dir() -> Path | None:
+    """The running Hydra job's output folder, or None outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_job(
+    cfg: DictConfig,
+    job: Callable[[DictConfig], T],
+    run_dir: str | os.PathLike[str] | None = None,
+) -> T | None:
+    """Run `job(cfg)` under the sweep rules: skip, mark started, record a failure and move on.
+
+    Inside a protocol sweep a failure is recorded and swallowed so the remaining jobs run
+    whatever the launcher; outside one it is recorded and re-raised, because a user running a
+    single job wants the traceback and a non-zero exit status.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else hydra_output_dir()
+    reason = skip_reason(cfg, run_dir)
+    if reason is not None:
+        log.info("skipping %s: %s", run_dir, reason)
+        return None
+    if run_dir is not None and in_sweep(cfg):
+        record_start(run_dir, cfg)
+    try:
+        result = job(cfg)
+    except Exception as exc:
+        if run_dir is None:
+            raise
+        path = record_failure(run_dir, exc, cfg)
+        if not in_sweep(cfg):
+            raise
+        log.error("job failed (%s: %s); recorded in %s, the sweep goes on", type(exc).__name__, exc, path)
+        return None
+    if run_dir is not None and in_sweep(cfg) and not completed(run_dir):
+        # Otherwise every re-run would silently train this job again.
+        log.warning("job returned without a complete %s in %s", RESULTS_FILE, run_dir)
+    return result
