@@ -1,0 +1,256 @@
+"""COCO-format detection data: validated loading and the dataset that feeds GLIP.
+
+Validation happens once, when a split is opened, so a broken file fails in seconds with its name
+and the offending entry instead of hours later inside a DataLoader worker. The dataset reproduces
+the official loaders (spec 4.4): the training split drops crowd boxes and images whose boxes are
+all degenerate (w or h <= 1) or absent; evaluation splits keep every image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.functional as F
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from adapt.data.errors import DataError, DataWarning
+from adapt.data.io import read_image, read_json
+from adapt.data.transforms import clip_boxes
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+
+def load_coco_json(path: str | Path, drop_background: bool = True) -> Json:
+    """Read and validate a COCO detection file; optionally drop Roboflow's background category.
+
+    Roboflow exports carry a category with id 0 named after the whole dataset (supercategory
+    "none"); the official ODinW files (`annotations_without_background.json`) delete it so that
+    ids start at 1 and no "background" phrase enters the prompt. `drop_background` does the same to
+    any file, along with annotations that point to it.
+    """
+    path = Path(path)
+    data = read_json(path)
+    validate_coco(data, path)
+    if drop_background and any(c["id"] == 0 for c in data["categories"]):
+        dropped = sum(1 for a in data["annotations"] if a["category_id"] == 0)
+        data = dict(data)
+        data["categories"] = [c for c in data["categories"] if c["id"] != 0]
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 0]
+        log.info("%s: dropped background category 0 (%d annotations)", path, dropped)
+    return data
+
+
+def validate_coco(data: Any, path: Path) -> None:
+    """Check the structure the loaders rely on; raise a DataError naming the file and the entry."""
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a COCO object with images/annotations/categories")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: missing or invalid '{key}' list")
+    data.setdefault("annotations", [])
+    if not isinstance(data["annotations"], list):
+        raise DataError(f"{path}: 'annotations' is not a list")
+    if not data["categories"]:
+        raise DataError(f"{path}: no categories")
+    image_ids: set[int] = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or not {"id", "file_name"} <= img.keys():
+            raise DataError(f"{path}: image entry without id/file_name: {str(img)[:200]}")
+        if img["id"] in image_ids:
+            raise DataError(f"{path}: duplicate image id {img['id']}")
+        image_ids.add(img["id"])
+    cat_ids: set[int] = set()
+    for cat in data["categories"]:
+        if not isinstance(cat, dict) or not {"id", "name"} <= cat.keys():
+            raise DataError(f"{path}: category entry without id/name: {str(cat)[:200]}")
+        if cat["id"] in cat_ids:
+            raise DataError(f"{path}: duplicate category id {cat['id']}")
+        cat_ids.add(cat["id"])
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict):
+            raise DataError(f"{path}: annotation is not an object: {str(ann)[:200]}")
+        aid = ann.get("id", "?")
+        if ann.get("image_id") not in image_ids:
+            raise DataError(f"{path}: annotation {aid} refers to unknown image id {ann.get('image_id')}")
+        if ann.get("category_id") not in cat_ids:
+            raise DataError(
+                f"{path}: annotation {aid} refers to unknown category id {ann.get('category_id')}"
+            )
+        box = ann.get("bbox")
+        if (
+            not isinstance(box, list | tuple)
+            or len(box) != 4
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)
+        ):
+            raise DataError(f"{path}: annotation {aid} has an invalid bbox {box!r} (need 4 finite numbers)")
+
+
+def coco_from_dict(data: Json) -> COCO:
+    """A pycocotools COCO built from memory, without its index-building prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """COCO json xywh -> xyxy with the +1 convention: x2 = x + w - 1 (spec 6.6)."""
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack([x, y, x + w - 1, y + h - 1], dim=-1)
+
+
+def _usable(ann: Json) -> bool:
+    return not ann.get("iscrowd", 0)
+
+
+def _has_valid_box(anns: Sequence[Json]) -> bool:
+    """Official `has_valid_annotation`: some box has both w > 1 and h > 1."""
+    return any(a["bbox"][2] > 1 and a["bbox"][3] > 1 for a in anns)
+
+
+class CocoDetection(Dataset):
+    """One split of a COCO-format dataset, yielding `(image [3,h,w] in [0,1], target)`.
+
+    `category_ids` fixes the label space of the whole task (label = index + 1), so a few-shot file
+    or a split that lacks a category keeps the same labels as the others; the absent category is
+    reported as a DataWarning instead of surfacing later as an empty AP.
+    """
+
+    def __init__(
+        self,
+        data: Json,
+        ann_file: str | Path,
+        image_dir: str | Path,
+        category_ids: Sequence[int],
+        train: bool,
+        transforms: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None,
+        split: str = "",
+        check_files: bool = True,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.split = split or self.ann_file.stem
+        self.train = train
+        self.transforms = transforms
+        self.category_ids = list(category_ids)
+        self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        unknown = sorted({a["category_id"] for a in data["annotations"]} - set(self.label_of))
+        if unknown:
+            raise DataError(f"{self.ann_file}: annotations use category ids {unknown} not in the task")
+        data = dict(data)
+        data["categories"] = [c for c in data["categories"] if c["id"] in self.label_of]
+        self.coco = coco_from_dict(data)
+        self.stats: dict[str, int] = defaultdict(int)
+        self.ids = self._select_images()
+        self._check_categories()
+        if check_files:
+            self._check_files()
+
+    def _select_images(self) -> list[int]:
+        ids = sorted(self.coco.imgs)
+        self.stats["images"] = len(ids)
+        self.stats["crowd_boxes"] = sum(1 for a in self.coco.anns.values() if not _usable(a))
+        if not self.train:
+            return ids
+        kept = []
+        for image_id in ids:
+            anns = [a for a in self.coco.imgToAnns[image_id] if _usable(a)]
+            if not anns:
+                self.stats["dropped_no_boxes"] += 1
+            elif not _has_valid_box(anns):
+                self.stats["dropped_degenerate"] += 1
+            else:
+                kept.append(image_id)
+        dropped = len(ids) - len(kept)
+        if dropped or self.stats["crowd_boxes"]:
+            log.info(
+                "%s: training uses %d of %d images (%d without boxes, %d with only w or h <= 1; "
+                "%d crowd boxes ignored), as the official loader does",
+                self.ann_file,
+                len(kept),
+                len(ids),
+                self.stats["dropped_no_boxes"],
+                self.stats["dropped_degenerate"],
+                self.stats["crowd_boxes"],
+            )
+        if not kept:
+            raise DataError(f"{self.ann_file}: no training image has a usable box (non-crowd, w and h > 1)")
+        return kept
+
+    def _check_categories(self) -> None:
+        present = {a["category_id"] for i in self.ids for a in self.coco.imgToAnns[i] if _usable(a)}
+        missing = [
+            self.coco.cats[c]["name"] for c in self.category_ids if c not in present and c in self.coco.cats
+        ]
+        missing += [f"id {c}" for c in self.category_ids if c not in self.coco.cats]
+        if missing:
+            warnings.warn(
+                f"{self.ann_file}: no example of {', '.join(map(str, missing))} in split '{self.split}'; "
+                "its AP is undefined here and it gets no positive during training",
+                DataWarning,
+                stacklevel=3,
+            )
+
+    def _check_files(self) -> None:
+        missing = [
+            self.coco.imgs[i]["file_name"]
+            for i in self.ids
+            if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()
+        ]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise DataError(
+                f"{self.ann_file}: {len(missing)} of {len(self.ids)} images missing "
+                f"under {self.image_dir}: {shown}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        image = read_image(path)
+        hw = (image.height, image.width)
+        if "width" in info and "height" in info and (info["height"], info["width"]) != hw:
+            warnings.warn(
+                f"{path}: stored size {hw[1]}x{hw[0]} differs from {self.ann_file}'s "
+                f"{info['width']}x{info['height']}; "
+                "boxes are clipped to the stored pixels (EXIF orientation is not applied, as officially)",
+                DataWarning,
+                stacklevel=2,
+            )
+        anns = [a for a in self.coco.imgToAnns[image_id] if _usable(a)]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        boxes, keep = clip_boxes(xywh_to_xyxy(boxes), hw)
+        target: dict[str, Any] = {
+            "boxes": boxes[keep],
+            "labels": labels[keep],
+            "image_id": int(image_id),
+            "orig_size": hw,
+            "size": hw,
+        }
+        if self.transforms is None:
+            return F.to_tensor(image), target
+        return self.transforms(image, target)
+
+    def __repr__(self) -> str:
+        return f"CocoDetection({self.ann_file}, images={len(self)}, train={self.train})"

@@ -1,0 +1,82 @@
+"""File input/output for datasets: atomic writes, JSON and image reading with clear errors.
+
+Writes go to a temporary file in the same folder and are renamed into place, so an interrupted
+job never leaves a half-written split or results file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from adapt.data.errors import DataError
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(obj: Any, path: str | Path, indent: int | None = None) -> Path:
+    """Write JSON atomically (see module docstring)."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=indent)
+    return Path(path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, turning every failure into a DataError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read file ({exc})") from exc
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from exc
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Load an image the way the official loader does: `Image.open(path).convert("RGB")`.
+
+    Grayscale, palette, RGBA and CMYK files are converted by PIL's own rules (alpha is dropped, not
+    composited), and the EXIF orientation tag is deliberately ignored: the official code never calls
+    `ImageOps.exif_transpose`, so its boxes refer to the stored pixel grid, and so do ours.
+    Truncated files are an error (PIL's default), never silently padded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: image file not found") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: image is truncated or corrupt ({exc})") from exc
