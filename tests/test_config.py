@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 import adapt
+from adapt.run import quote_numeric_choices
 
 CONF = Path(adapt.__file__).parent / "conf"
 # Groups selected in config.yaml's defaults list; `sweep` is added with `+sweep=...`.
@@ -23,9 +25,12 @@ def options(group: str) -> list[str]:
 
 
 def compose_with(*overrides: str):
+    """Compose as `python -m adapt.run` does, command-line quoting of numeric choices included."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        return compose(
+            config_name="config", overrides=quote_numeric_choices(list(overrides)), return_hydra_config=True
+        )
 
 
 def test_conf_ships_inside_the_package():
@@ -70,7 +75,22 @@ def test_main_usage_composes():
 def test_run_dir_is_deterministic_per_job():
     """No timestamp in a single run's folder: re-running the same command finds it to resume."""
     cfg = compose_with("task=odinw/aquarium", "shots=5", "mode=prompt", "seed=30")
-    run_dir = cfg.hydra.run.dir
-    assert "now:" not in run_dir
-    for part in ("${hydra:runtime.choices.task}", "${hydra:runtime.choices.mode}", "${seed}"):
-        assert part in run_dir
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.hydra.run.dir == "outputs/odinw/aquarium/glip_mini/prompt/shots5_seed30"
+
+
+@pytest.mark.parametrize(
+    ("arg", "quoted"),
+    [
+        ("shots=5", "shots='5'"),
+        ("shots=1,3,all", "shots='1','3',all"),
+        ("shots=all", "shots=all"),
+        ("shots='5'", "shots='5'"),
+        ("seed=5", "seed=5"),
+        ("task=odinw/aquarium", "task=odinw/aquarium"),
+        ("shots=range(1,3)", "shots=range(1,3)"),
+    ],
+)
+def test_numeric_group_choices_are_quoted_for_hydra(arg: str, quoted: str):
+    """Hydra refuses `shots=5` (an int) as a group choice; the entry point quotes it."""
+    assert quote_numeric_choices([arg]) == [quoted]
