@@ -1,0 +1,198 @@
+"""Task splits as Lightning dataloaders, with the few-shot recipe's copies and the GLIP batch format.
+
+One Lightning epoch is one official evaluation period: a pass over the training set repeated
+``copies`` times (``GENERAL_COPY``), i.e. ``copies * N // batch_size`` optimiser steps (glip_spec.md
+4.7). Randomness is a pure function of (seed, epoch, index): the sampler shuffles with a generator
+seeded by (seed, epoch), and each sample's augmentation (multi-scale resize, flip) is drawn from its
+own seed. A run resumed at an epoch boundary therefore sees exactly the batches an uninterrupted run
+sees, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from adapt.data import Task, transforms_from_config
+from adapt.data.coco import CocoDetection
+from adapt.model.config import InputConfig
+from adapt.model.preprocess import batch_images
+from adapt.prompt import EncodedPrompt
+
+Batch = dict[str, Any]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, sample)."""
+    return (seed * 1_000_003 + epoch * 10_007 + index) % (2**63 - 1)
+
+
+class CopiedDataset(Dataset):
+    """The training set repeated ``copies`` times (official ``GENERAL_COPY``), indexed by (epoch, i).
+
+    Index ``i`` of the copy maps to image ``i % N``; the transforms run under a private RNG seeded
+    by (seed, epoch, i), so augmentation does not depend on what ran before (resume, workers).
+    """
+
+    def __init__(self, dataset: CocoDetection, copies: int, seed: int) -> None:
+        if copies < 1:
+            raise ValueError(f"shots.copies must be >= 1, got {copies}")
+        self.dataset = dataset
+        self.copies = copies
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.copies
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[Tensor, dict[str, Any]]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index % len(self.dataset)]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Shuffles with a generator seeded by (seed, epoch) and yields (epoch, index) pairs.
+
+    Lightning calls ``set_epoch`` at every epoch start (as for DistributedSampler), so the order is
+    reproducible per epoch, like the official sampler seeded by the iteration count.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        return iter([(self.epoch, i) for i in order])
+
+
+class GLIPCollate:
+    """Samples -> the model's batch: normalised padded images, sizes and loss targets.
+
+    Targets carry the binary positive map (official ``BatchCollator``) of each box against the
+    task's fixed prompt, so the model never needs the label -> token map in training.
+    """
+
+    def __init__(self, prompt: EncodedPrompt, input_cfg: InputConfig) -> None:
+        self.prompt = prompt
+        self.input_cfg = input_cfg
+
+    def __call__(self, samples: Sequence[tuple[Tensor, dict[str, Any]]]) -> Batch:
+        images, targets = zip(*samples, strict=True)
+        batch, sizes = batch_images(list(images), self.input_cfg)
+        out_targets = []
+        for t in targets:
+            t = dict(t)
+            t["positive_map"] = self.prompt.positive_map(t["labels"])
+            out_targets.append(t)
+        return {"images": batch, "image_sizes": sizes, "targets": out_targets}
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Train (few-shot, copied), val and test splits of a task for one run.
+
+    ``input_cfg`` is the resize block (``min_size_train``, ``max_size_train``, ``min_size_test``,
+    ``max_size_test``), normally the model's ``arch.input``; the model's own normalisation and
+    padding are applied in the collate function.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        prompt: EncodedPrompt,
+        input_cfg: InputConfig,
+        shots: int | str,
+        copies: int,
+        seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int = 0,
+        resize: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.prompt = prompt
+        self.input_cfg = input_cfg
+        self.shots = shots
+        self.copies = copies
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.resize = dict(resize) if resize is not None else _resize_keys(input_cfg)
+        self.collate = GLIPCollate(prompt, input_cfg)
+        self._datasets: dict[str, CocoDetection] = {}
+
+    def split(self, split: str) -> CocoDetection:
+        """The split's dataset (opened once): few-shot for train and val, whole for test."""
+        if split not in self._datasets:
+            shots = self.shots if split != "test" else "all"
+            if split == "val" and self.shots == 0:
+                shots = "all"
+            self._datasets[split] = self.task.dataset(
+                split,
+                shots=shots,
+                seed=self.seed,
+                transforms=transforms_from_config(self.resize, split == "train"),
+            )
+        return self._datasets[split]
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one evaluation period: copies * N // batch (at least one)."""
+        return max(len(self.split("train")) * self.copies // self.batch_size, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        data = CopiedDataset(self.split("train"), self.copies, self.seed)
+        # Official iterations per period = copies * N // batch: drop the incomplete last batch.
+        drop_last = len(data) >= self.batch_size
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(data), self.seed),
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=False,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self.split(split),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+def _resize_keys(input_cfg: InputConfig) -> dict[str, Any]:
+    return {
+        "min_size_train": list(input_cfg.min_size_train),
+        "max_size_train": input_cfg.max_size_train,
+        "min_size_test": input_cfg.min_size_test,
+        "max_size_test": input_cfg.max_size_test,
+    }

@@ -1,0 +1,99 @@
+"""``results.json``: the one record of a run that the report, the sweep and users read.
+
+Schema in docs/DESIGN.md. The file is rewritten atomically (temp file, then ``os.replace``) after
+every evaluation with status "running", so a run killed mid-way still shows its history, and once
+more at the end with status "complete". Peak memory is the CUDA allocator's peak on GPU and the
+process's maximum resident set size on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from adapt.sweep import RESULTS_FILE, normalize_shots, write_json_atomic
+
+
+def peak_memory_mb(device: torch.device | str | None = None) -> float:
+    """Peak memory of this process in MiB (CUDA allocator on GPU, max RSS on CPU)."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(rss / 2**20 if sys.platform == "darwin" else rss / 2**10, 1)
+
+
+def composed_config(cfg: DictConfig | Mapping[str, Any]) -> Any:
+    """The job's composed config as plain data (interpolations resolved where they can be)."""
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that needs a running Hydra job
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+class RunRecord:
+    """Accumulates a run's results and writes them to ``<run_dir>/results.json``."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str, Any]) -> None:
+        self.path = Path(run_dir) / RESULTS_FILE
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "task": _get(cfg, "task.id") or _get(cfg, "task.name"),
+            "model": _get(cfg, "model.name"),
+            "checkpoint": None,
+            "mode": _get(cfg, "mode.name"),
+            "shots": normalize_shots(_get(cfg, "shots.k")),
+            "seed": _get(cfg, "seed"),
+            "val_history": [],
+            "best_step": None,
+            "best_val_ap": None,
+            "test": None,
+            "params": None,
+            "wall_time_s": None,
+            "peak_memory_mb": None,
+            "config": composed_config(cfg),
+        }
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def write(self, status: str | None = None) -> Path:
+        if status is not None:
+            self.data["status"] = status
+        write_json_atomic(self.path, self.data)
+        return self.path
+
+
+def test_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``test`` block of results.json from an ``adapt.evaluate`` result."""
+    return {
+        "ap": metrics.get("ap"),
+        "ap50": metrics.get("ap50"),
+        "ap75": metrics.get("ap75"),
+        "ap_small": metrics.get("ap_small"),
+        "ap_medium": metrics.get("ap_medium"),
+        "ap_large": metrics.get("ap_large"),
+        "per_category": dict(metrics.get("per_category") or {}),
+    }
+
+
+def _get(cfg: DictConfig | Mapping[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if node is None:
+            return None
+        try:
+            node = node.get(part) if isinstance(node, Mapping | DictConfig) else None
+        except Exception:  # unresolvable interpolation
+            return None
+    return node

@@ -1,0 +1,98 @@
+"""`adapt.run` jobs on the embedded demo: every mode completes, failures are recorded, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import compose_job
+
+from adapt.train.job import run_job
+from adapt.train.module import GLIPAdaptation
+
+LORA_TARGETS = r"mode.lora.target_modules='.*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)'"
+SCHEMA = {
+    *("status", "task", "model", "checkpoint", "mode", "shots", "seed", "val_history", "best_step"),
+    *("best_val_ap", "test", "params", "wall_time_s", "peak_memory_mb", "config"),
+}
+
+
+def read(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("zero", ["shots='0'"]),
+        ("prompt", ["shots='1'"]),
+        ("linear", ["shots='1'", "logger=csv"]),
+        ("full", ["shots='1'"]),
+        ("lora", ["shots='1'", LORA_TARGETS]),
+    ],
+)
+def test_each_mode_writes_a_complete_results_json(tmp_path, mode, extra):
+    cfg = compose_job(f"mode={mode}", "trainer.max_steps=1", *extra)
+    ap = run_job(cfg, run_dir=tmp_path)
+    results = read(tmp_path)
+    assert set(results) >= SCHEMA and results["status"] == "complete"
+    assert results["task"] == "demo" and results["model"] == "glip_mini" and results["mode"] == mode
+    assert results["test"]["ap"] == ap and set(results["test"]["per_category"]) == {"tree"}
+    assert results["val_history"] and results["best_val_ap"] is not None
+    assert results["params"]["total"] > results["params"]["trainable"]
+    assert results["config"]["mode"]["name"] == mode and results["peak_memory_mb"] > 0
+    if mode == "zero":
+        assert results["params"]["trainable"] == 0 and not (tmp_path / "export").exists()
+    else:
+        assert results["best_step"] == 1
+        assert (tmp_path / "export" / "adapter_config.json").is_file()
+        assert (tmp_path / "export" / "adapter_model.safetensors").is_file()
+        # Resume checkpoints hold the trainable tensors only, and load with weights_only=True.
+        ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+        assert {k.removeprefix("model.") for k in ckpt["state_dict"]} == set(
+            load_file(tmp_path / "checkpoints" / "best.safetensors")
+        )
+
+
+def test_a_failed_job_is_recorded_and_its_wandb_run_closed(tmp_path):
+    import wandb
+
+    cfg = compose_job("logger=wandb", "checkpoint=/nonexistent/weights.pth")
+    with pytest.raises(Exception, match="nonexistent"):
+        run_job(cfg, run_dir=tmp_path)
+    results = read(tmp_path)
+    assert results["status"] == "failed" and "nonexistent" in results["error"]
+    assert wandb.run is None
+
+
+def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
+    overrides = ("mode=linear", "shots='1'", "trainer.max_steps=null", "trainer.max_epochs=2", "seed=5")
+    straight = tmp_path / "straight"
+    run_job(compose_job(*overrides), run_dir=straight)
+
+    resumed = tmp_path / "resumed"
+    original = GLIPAdaptation.on_train_batch_start
+
+    def crash_in_second_period(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyError("simulated crash")
+        original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GLIPAdaptation, "on_train_batch_start", crash_in_second_period)
+    with pytest.raises(KeyError, match="simulated crash"):
+        run_job(compose_job(*overrides), run_dir=resumed)
+    assert read(resumed)["status"] == "failed" and len(read(resumed)["val_history"]) == 1
+    monkeypatch.setattr(GLIPAdaptation, "on_train_batch_start", original)
+    run_job(compose_job(*overrides, "resume=true"), run_dir=resumed)
+
+    a, b = read(straight), read(resumed)
+    assert b["status"] == "complete"
+    assert [(h["step"], h["ap"], h["lr"]) for h in a["val_history"]] == [
+        (h["step"], h["ap"], h["lr"]) for h in b["val_history"]
+    ]
+    assert a["test"] == b["test"] and a["best_step"] == b["best_step"]
+    ta = load_file(straight / "export" / "adapter_model.safetensors")
+    tb = load_file(resumed / "export" / "adapter_model.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

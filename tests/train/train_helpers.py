@@ -1,0 +1,44 @@
+"""Helpers of the training tests: the mini model, the oracle fixture and composed job configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import adapt
+from adapt.model import GLIP, GLIPConfig, build_glip, load_checkpoint
+
+CONF = Path(adapt.__file__).parent / "conf"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "glip_mini_oracle"
+# Tiny inputs keep every forward pass under a second on 2 CPU cores.
+TINY_INPUT = [
+    "model.arch.input.min_size_train=[96]",
+    "model.arch.input.max_size_train=128",
+    "model.arch.input.min_size_test=96",
+    "model.arch.input.max_size_test=128",
+]
+
+
+def mini_arch(**swin: object) -> dict:
+    arch = yaml.safe_load((CONF / "model" / "glip_mini.yaml").read_text())["arch"]
+    arch["swin"].update(swin)
+    return arch
+
+
+def mini_model(weights: bool = False, **swin: object) -> GLIP:
+    model = build_glip(GLIPConfig.from_dict(mini_arch(**swin)))
+    if weights:
+        load_checkpoint(model, FIXTURE / "mini_glip.pth")
+    return model
+
+
+def compose_job(*overrides: str):
+    """The job config exactly as `python -m adapt.run` composes it (trainer=debug, logger=none)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            config_name="config", overrides=["trainer=debug", "logger=none", *TINY_INPUT, *overrides]
+        )
