@@ -26,9 +26,10 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from adapt.atomic import write_json
 from adapt.data.coco import coco_from_dict, load_coco_json
 from adapt.data.errors import DataError, DataWarning
-from adapt.data.io import read_json, write_json
+from adapt.data.io import read_json
 
 # Indices of COCOeval.stats and the names results.json uses for them.
 STAT_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")

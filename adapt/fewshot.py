@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adapt.atomic import write_json
 from adapt.data.coco import load_coco_json
 from adapt.data.errors import DataError, DataWarning
-from adapt.data.io import write_json
 
 Json = dict[str, Any]
 
@@ -89,7 +89,7 @@ def write_fewshot(ann_file: str | Path, shots: int, seed: int | None, out: str |
     """Sample `ann_file` and write the split atomically; background category 0 is dropped first."""
     data = load_coco_json(ann_file)
     split = sample_fewshot(data, shots, seed, source=str(ann_file))
-    return write_json(split, out)
+    return write_json(split, out, indent=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

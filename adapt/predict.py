@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from PIL import ImageDraw
 
-from adapt.data.io import read_image, write_json
+from adapt.atomic import write_json
+from adapt.data.io import read_image
 from adapt.data.transforms import Resize, ToTensor, resize_boxes
 from adapt.model import GLIP, GLIPConfig, batch_images, build_glip, load_checkpoint
 from adapt.prompt import encode_prompt_chunks, load_tokenizer

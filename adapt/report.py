@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from adapt.atomic import write_text
 from adapt.sweep import (
     ALL_SHOTS,
     RESULTS_FILE,
@@ -924,13 +925,6 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # Plots
 
@@ -1050,9 +1044,9 @@ def write_report(report: Report, out_dir: str | os.PathLike[str], plots: bool = 
             pngs[mr.model] = plot_report(mr, report.paper, out / "plots", report.ddof)
             for png in pngs[mr.model]:
                 written[png.name] = png
-    _write_text_atomic(out / "report.csv", _csv_text(REPORT_COLUMNS, report_rows(report)))
-    _write_text_atomic(out / "jobs.csv", _csv_text(JOBS_COLUMNS, job_rows(report)))
-    _write_text_atomic(out / "report.md", render_markdown(report, pngs, out))
+    write_text(out / "report.csv", _csv_text(REPORT_COLUMNS, report_rows(report)))
+    write_text(out / "jobs.csv", _csv_text(JOBS_COLUMNS, job_rows(report)))
+    write_text(out / "report.md", render_markdown(report, pngs, out))
     written.update(
         {"report.csv": out / "report.csv", "jobs.csv": out / "jobs.csv", "report.md": out / "report.md"}
     )

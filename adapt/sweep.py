@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+
+from adapt.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -189,23 +190,6 @@ def completed(run_dir: str | os.PathLike[str]) -> bool:
     return data is not None and data.get("status") == "complete"
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON so that readers (the report, a resuming sweep) never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -251,9 +235,9 @@ def record_start(run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str,
 
     The training job later overwrites this file with its own, fuller record.
     """
-    write_json_atomic(
-        Path(run_dir) / RESULTS_FILE,
+    write_json(
         {"status": "running", **_point_fields(cfg), "started_at": _now(), **_host_info()},
+        Path(run_dir) / RESULTS_FILE,
     )
 
 
@@ -279,7 +263,7 @@ def record_failure(
         failed_at=_now(),
         **_host_info(),
     )
-    write_json_atomic(path, record)
+    write_json(record, path)
     return path
 
 

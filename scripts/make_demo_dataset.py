@@ -93,7 +93,11 @@ def main() -> None:
     (OUT / "images").mkdir(parents=True)
     (OUT / "annotations").mkdir()
     splits: dict[str, dict] = {
-        s: {"images": [], "annotations": [], "categories": [{"id": 1, "name": "tree", "supercategory": "tree"}]}
+        s: {
+            "images": [],
+            "annotations": [],
+            "categories": [{"id": 1, "name": "tree", "supercategory": "tree"}],
+        }
         for s in ("train", "val", "test")
     }
     ann_id = 1

@@ -29,7 +29,7 @@ def test_demo_split_loads_with_pycocotools_and_boxes_lie_inside_images(split: st
         for a in anns:
             x, y, w, h = a["bbox"]
             assert w > 0 and h > 0
-            assert 0 <= x and 0 <= y and x + w <= img["width"] and y + h <= img["height"]
+            assert x >= 0 and y >= 0 and x + w <= img["width"] and y + h <= img["height"]
 
 
 def test_demo_splits_are_disjoint_and_small():
@@ -38,7 +38,9 @@ def test_demo_splits_are_disjoint_and_small():
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(DEMO / "annotations" / f"{split}.json"))
         names[split] = {i["file_name"] for i in coco.loadImgs(coco.getImgIds())}
-    assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
+    assert not (
+        names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"]
+    )
     size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
     assert size < 5 * 2**20, f"demo data is {size} bytes; keep the package small"
     assert "MIT" in (DEMO / "LICENSE").read_text()

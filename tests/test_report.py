@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from adapt import report as rp
-from adapt.sweep import GridPoint, write_json_atomic
+from adapt.atomic import write_json
+from adapt.sweep import GridPoint
 
 SPEC = Path("/work/shared/docs/glip_spec.md")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,7 +198,7 @@ def write_result(
     }
     if ap is not None:
         data["test"] = {"ap": ap, "ap50": ap + 10}
-    write_json_atomic(run_dir / "results.json", data)
+    write_json(data, run_dir / "results.json")
     return run_dir
 
 
@@ -440,9 +441,7 @@ def test_results_without_coordinates_fall_back_to_the_hydra_files(tmp_path):
             {"hydra": {"runtime": {"choices": {"task": "odinw/aquarium", "mode": "full", "shots": "3"}}}}
         )
     )
-    write_json_atomic(
-        run_dir / "results.json", {"status": "complete", "task": "Aquarium", "test": {"ap": 12.5}}
-    )
+    write_json({"status": "complete", "task": "Aquarium", "test": {"ap": 12.5}}, run_dir / "results.json")
     jobs, warnings = rp.collect_jobs(tmp_path)
     assert warnings == []
     assert [(j.point, j.ap) for j in jobs] == [(GridPoint("odinw/aquarium", "m", "full", 3, 30), 12.5)]

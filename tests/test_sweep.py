@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 import adapt
 from adapt import sweep
+from adapt.atomic import write_json
 from adapt.report import ODINW13_KEYS, dataset_key
 from adapt.sweep import GridPoint, point_skip_reason
 
@@ -145,15 +146,15 @@ def test_grid_point_reads_config_keys_and_prefers_choices():
 def test_completed_only_for_status_complete(tmp_path):
     assert not sweep.completed(tmp_path)
     for status, done in [("running", False), ("failed", False), ("complete", True)]:
-        sweep.write_json_atomic(tmp_path / "results.json", {"status": status})
+        write_json({"status": status}, tmp_path / "results.json")
         assert sweep.completed(tmp_path) is done
     (tmp_path / "results.json").write_text('{"status": "compl')  # a torn file is not complete
     assert not sweep.completed(tmp_path)
 
 
 def test_write_json_atomic_leaves_no_temp_files(tmp_path):
-    sweep.write_json_atomic(tmp_path / "sub" / "results.json", {"a": 1})
-    sweep.write_json_atomic(tmp_path / "sub" / "results.json", {"a": 2})
+    write_json({"a": 1}, tmp_path / "sub" / "results.json")
+    write_json({"a": 2}, tmp_path / "sub" / "results.json")
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["results.json"]
     assert json.loads((tmp_path / "sub" / "results.json").read_text()) == {"a": 2}
 
@@ -162,7 +163,7 @@ def test_record_failure_keeps_progress_and_the_traceback(tmp_path):
     sweep.record_start(tmp_path, job_cfg())
     data = json.loads((tmp_path / "results.json").read_text())
     data["val_history"] = [{"step": 0, "ap": 1.0}]
-    sweep.write_json_atomic(tmp_path / "results.json", data)
+    write_json(data, tmp_path / "results.json")
 
     def boom():
         raise RuntimeError("annotation file is malformed")
@@ -186,9 +187,9 @@ def test_skip_reason(tmp_path):
     assert sweep.skip_reason(job_cfg(mode="zero", shots=5, in_sweep=False), tmp_path) is None
     assert "redundant" in sweep.skip_reason(job_cfg(mode="zero", shots=5), tmp_path)
     assert sweep.skip_reason(job_cfg(), tmp_path) is None
-    sweep.write_json_atomic(tmp_path / "results.json", {"status": "failed"})
+    write_json({"status": "failed"}, tmp_path / "results.json")
     assert sweep.skip_reason(job_cfg(), tmp_path) is None  # failed jobs run again
-    sweep.write_json_atomic(tmp_path / "results.json", {"status": "complete"})
+    write_json({"status": "complete"}, tmp_path / "results.json")
     assert "already complete" in sweep.skip_reason(job_cfg(), tmp_path)
     assert sweep.skip_reason(job_cfg(rerun_complete=True), tmp_path) is None
 
@@ -210,7 +211,7 @@ def test_run_job_marks_start_skips_and_returns(tmp_path):
 
     def ok(cfg):
         seen.append(json.loads((tmp_path / "results.json").read_text())["status"])
-        sweep.write_json_atomic(tmp_path / "results.json", {"status": "complete"})
+        write_json({"status": "complete"}, tmp_path / "results.json")
         return 42.0
 
     assert sweep.run_job(job_cfg(), ok, run_dir=tmp_path) == 42.0
@@ -289,6 +290,7 @@ from pathlib import Path
 
 import hydra
 from adapt import sweep
+from adapt.atomic import write_json
 
 COUNTER = Path(os.environ["STUB_COUNTER"])
 
@@ -300,9 +302,11 @@ def train(cfg):
     if (point.task, point.mode, point.shots, point.seed) == ("b", "linear", 3, 30):
         raise RuntimeError("stub: malformed annotations")
     ap = 40.0 + 10 * (point.task == "b") + 5 * (point.mode == "linear") + point.seed / 30
-    sweep.write_json_atomic(sweep.hydra_output_dir() / "results.json", {
+    record = {
         "status": "complete", "task": point.task, "model": point.model, "mode": point.mode,
-        "shots": point.shots, "seed": point.seed, "test": {"ap": ap}})
+        "shots": point.shots, "seed": point.seed, "test": {"ap": ap},
+    }
+    write_json(record, sweep.hydra_output_dir() / "results.json")
     return ap
 
 

@@ -1,46 +1,17 @@
-"""File input/output for datasets: atomic writes, JSON and image reading with clear errors.
+"""Reading dataset files (JSON, images) with errors that name the file and the problem.
 
-Writes go to a temporary file in the same folder and are renamed into place, so an interrupted
-job never leaves a half-written split or results file that a later run would trust.
+Writing is `adapt.atomic`'s job.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from adapt.data.errors import DataError
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(obj: Any, path: str | Path, indent: int | None = None) -> Path:
-    """Write JSON atomically (see module docstring)."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=indent)
-    return Path(path)
 
 
 def read_json(path: str | Path) -> Any:

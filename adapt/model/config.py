@@ -56,6 +56,8 @@ class HeadConfig:
     prior_prob: float = 0.01
     # Layer-scale init of the fusion; None means the official 1 / num_layers.
     layer_scale_init: float | None = None
+    # Official DYHEAD.USE_CHECKPOINT: recompute the fusion in backward (memory; same numbers).
+    use_checkpoint: bool = True
 
 
 @dataclass
@@ -131,11 +133,15 @@ class GLIPConfig:
             known = {sf.name for sf in fields(sub_cls)}
             unknown = sorted(set(sub) - known)
             if unknown:
-                raise ValueError(f"unknown model config key(s) {unknown} in section '{f.name}'; known: {sorted(known)}")
+                raise ValueError(
+                    f"unknown model config key(s) {unknown} in section '{f.name}'; known: {sorted(known)}"
+                )
             sub = {k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
             kwargs[f.name] = sub_cls(**sub)
         if d:
-            raise ValueError(f"unknown model config section(s) {sorted(d)}; known: {[f.name for f in fields(cls)]}")
+            raise ValueError(
+                f"unknown model config section(s) {sorted(d)}; known: {[f.name for f in fields(cls)]}"
+            )
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

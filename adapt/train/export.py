@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from adapt.atomic import atomic_path, write_json
 from adapt.model import GLIP, GLIPConfig, TextFeatures
 from adapt.prompt import EncodedPrompt
 
@@ -128,21 +128,6 @@ class Export:
         return model
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(tmp)`` then rename onto ``path``; readable like any file this user creates."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_export(
     out_dir: str | os.PathLike[str],
     mode: str,
@@ -154,9 +139,8 @@ def save_export(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(
-        out / TENSORS_FILE, lambda tmp: save_file(data, tmp, metadata={"format": FORMAT, "mode": mode})
-    )
+    with atomic_path(out / TENSORS_FILE) as tmp:
+        save_file(data, tmp, metadata={"format": FORMAT, "mode": mode})
     config = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -165,13 +149,7 @@ def save_export(
         "tensors": {k: list(v.shape) for k, v in data.items()},
         **dict(extra or {}),
     }
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
-
-    atomic_write(out / CONFIG_FILE, write_json)
+    write_json(config, out / CONFIG_FILE)
     return out
 
 

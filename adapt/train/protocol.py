@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 from safetensors.torch import save_file
 
-from adapt.train.export import atomic_write
+from adapt.atomic import atomic_path
 from adapt.train.module import GLIPAdaptation
 from adapt.train.optim import build_plateau
 
@@ -123,4 +123,5 @@ def save_trainable(module: GLIPAdaptation, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.trainable_state_dict().items()}
     metadata = {"format": "adapt-trainable", "mode": module.policy.name}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from adapt.sweep import RESULTS_FILE, normalize_shots, write_json_atomic
+from adapt.atomic import write_json
+from adapt.sweep import RESULTS_FILE, normalize_shots
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
@@ -70,7 +71,7 @@ class RunRecord:
     def write(self, status: str | None = None) -> Path:
         if status is not None:
             self.data["status"] = status
-        write_json_atomic(self.path, self.data)
+        write_json(self.data, self.path)
         return self.path
 
 

@@ -1,0 +1,253 @@
+"""High-level Python API: build a GLIP, load weights, detect classes or phrases in images.
+
+    from adapt.detector import Detector
+    det = Detector.from_config("glip_t", checkpoint="glip_tiny_model_o365_goldg_cc_sbu.pth")
+    results = det.predict(["a.jpg", pil_image], classes=["fish", "jellyfish"])
+    results[0].boxes, results[0].scores, results[0].names
+
+Images go through the official test pipeline (PIL RGB, resize to short side 800 / long side <= 1333,
+BGR255 normalisation, zero padding to a multiple of 32) and boxes come back in original-image
+pixels. Images are batched: GLIP does not mask the padding, so an image's scores depend slightly
+on the other images of its batch (as in official evaluation); ``batch_size=1`` avoids that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image
+from torch import Tensor
+
+from adapt.data.io import read_image
+from adapt.data.transforms import Resize, ToTensor, resize_boxes
+from adapt.model.checkpoint import LoadReport, load_checkpoint, read_config
+from adapt.model.config import GLIPConfig
+from adapt.model.glip import GLIP, build_glip
+from adapt.model.language import TextFeatures
+from adapt.model.preprocess import batch_images
+from adapt.prompt import EncodedPrompt, PromptTooLongError, encode_prompt_chunks, load_tokenizer
+from adapt.prompt import _span_to_tokens as span_to_tokens  # official char_to_token fallbacks
+
+ImageInput = str | Path | Image.Image
+MARKED_PHRASE = re.compile(r"\[([^\[\]]+)\]")
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in its original pixels.
+
+    ``boxes`` [n, 4] xyxy in the legacy "+1" convention of GLIP (width = x2 - x1 + 1),
+    ``scores`` [n], ``labels`` [n] 1-based index into the classes or marked phrases, ``names`` [n].
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The shipped ``conf/model/<name>.yaml`` as a plain dict (``name``, ``checkpoint``, ``arch``)."""
+    resource = files("adapt").joinpath("conf", "model", f"{name}.yaml")
+    if not resource.is_file():
+        known = sorted(
+            p.name.removesuffix(".yaml") for p in files("adapt").joinpath("conf", "model").iterdir()
+        )
+        raise ValueError(f"unknown model config {name!r}; known: {known}")
+    return yaml.safe_load(resource.read_text())
+
+
+class Detector:
+    """A GLIP plus everything needed to go from images and class names to boxes."""
+
+    def __init__(self, model: GLIP, device: str | torch.device = "cpu", batch_size: int = 4) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.tokenizer = load_tokenizer(model.cfg.language.tokenizer)
+        self.load_report: LoadReport | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        model: str | GLIPConfig | Mapping[str, Any] = "glip_t",
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        download: bool = False,
+        batch_size: int = 4,
+    ) -> Detector:
+        """Build from a model name (``conf/model/``), a GLIPConfig or an ``arch`` dict.
+
+        ``checkpoint``: an official ``.pth`` or an adapt ``.safetensors``. Without one, a named
+        model's official checkpoint is taken from the adapt cache (``download=True`` fetches it);
+        a model with no released weights (glip_mini) or a bare config gets seeded random weights.
+        """
+        official: dict[str, Any] | None = None
+        if isinstance(model, str):
+            official = model_config(model)
+            cfg = GLIPConfig.from_dict(official["arch"])
+        elif isinstance(model, GLIPConfig):
+            cfg = model
+        else:
+            cfg = GLIPConfig.from_dict(dict(model))
+        if checkpoint is None and official is not None:
+            from adapt.download import require_checkpoint
+
+            checkpoint = require_checkpoint(official, download=download)
+        glip = build_glip(cfg)
+        report = load_checkpoint(glip, checkpoint) if checkpoint is not None else None
+        detector = cls(glip, device=device, batch_size=batch_size)
+        detector.load_report = report
+        return detector
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 4
+    ) -> Detector:
+        """An adapt ``.safetensors`` file carries its GLIPConfig: no model name needed."""
+        cfg = read_config(path)
+        if cfg is None:
+            raise ValueError(
+                f"{path}: no GLIPConfig stored; use Detector.from_config(model_name, checkpoint=...)"
+            )
+        return cls.from_config(cfg, checkpoint=path, device=device, batch_size=batch_size)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        classes: Sequence[str] | None = None,
+        caption: str | None = None,
+        phrases: Sequence[str] | None = None,
+    ) -> list[EncodedPrompt]:
+        """Prompts to run: one per chunk of classes, or one caption with its phrases.
+
+        ``caption`` marks its phrases in square brackets ("a [red car] next to a [dog]") unless
+        ``phrases`` lists them (each found at its first occurrence after the previous one).
+        """
+        max_len = self.model.cfg.language.max_query_len
+        if (classes is None) == (caption is None):
+            raise ValueError("give either `classes` or `caption`")
+        if classes is not None:
+            if not classes:
+                raise ValueError("`classes` is empty")
+            return encode_prompt_chunks(list(classes), self.tokenizer, max_query_len=max_len)
+        assert caption is not None
+        return [self._encode_caption(caption, phrases, max_len)]
+
+    def _encode_caption(self, caption: str, phrases: Sequence[str] | None, max_len: int) -> EncodedPrompt:
+        spans: list[tuple[int, int]] = []
+        if phrases is None:
+            text, names, pos = "", [], 0
+            for m in MARKED_PHRASE.finditer(caption):
+                text += caption[pos : m.start()]
+                spans.append((len(text), len(text) + len(m.group(1))))
+                text += m.group(1)
+                names.append(m.group(1))
+                pos = m.end()
+            caption = text + caption[pos:]
+            if not names:
+                raise ValueError("no phrase marked in the caption: mark them as [phrase] or pass `phrases`")
+        else:
+            names, start = list(phrases), 0
+            for phrase in names:
+                at = caption.find(phrase, start)
+                if at < 0:
+                    raise ValueError(f"phrase {phrase!r} not found in caption {caption!r}")
+                spans.append((at, at + len(phrase)))
+                start = at + len(phrase)
+        n_tokens = len(self.tokenizer(caption)["input_ids"])
+        if n_tokens > max_len:
+            raise PromptTooLongError(names, n_tokens, max_len)
+        enc = self.tokenizer(
+            caption, max_length=max_len, padding="max_length", truncation=True, return_tensors="pt"
+        )
+        labels = list(range(1, len(names) + 1))
+        label_to_tokens = {
+            lab: t for lab, (s, e) in zip(labels, spans, strict=True) if (t := span_to_tokens(enc, s, e))
+        }
+        return EncodedPrompt(
+            caption=caption,
+            class_names=names,
+            labels=labels,
+            input_ids=enc["input_ids"][0],
+            attention_mask=enc["attention_mask"][0],
+            label_to_tokens=label_to_tokens,
+            char_spans=spans,
+        )
+
+    def preprocess(self, image: ImageInput) -> tuple[Tensor, tuple[int, int]]:
+        """Official test transform of one image -> (RGB [3, h, w] in [0, 1] resized, original (H, W))."""
+        pil = read_image(image) if isinstance(image, str | Path) else image.convert("RGB")
+        original = (pil.height, pil.width)
+        inp = self.model.cfg.input
+        resized, _ = Resize(inp.min_size_test, inp.max_size_test)(pil, {})
+        tensor, _ = ToTensor()(resized, {})
+        return tensor, original
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        classes: Sequence[str] | None = None,
+        caption: str | None = None,
+        phrases: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> list[Detections]:
+        """Detect ``classes`` (or the marked phrases of ``caption``) in every image.
+
+        Returns one ``Detections`` per image, boxes in original-image pixels. Class lists too long
+        for one caption run in chunks (each chunk a forward pass); detections of all chunks are
+        merged and the best ``detections_per_image`` kept.
+        """
+        single = isinstance(images, str | Path | Image.Image)
+        items = [images] if single else list(images)  # type: ignore[list-item]
+        prompts = self.encode(classes, caption, phrases)
+        names = {lab: name for p in prompts for lab, name in zip(p.labels, p.class_names, strict=True)}
+        bs = batch_size or self.batch_size
+        results: list[Detections] = []
+        for start in range(0, len(items), bs):
+            loaded = [self.preprocess(im) for im in items[start : start + bs]]
+            batch, sizes = batch_images([t for t, _ in loaded], self.model.cfg.input)
+            batch = batch.to(self.device)
+            per_chunk = [self._detect(batch, sizes, p) for p in prompts]
+            for i, (_, original) in enumerate(loaded):
+                results.append(self._merge([c[i] for c in per_chunk], sizes[i], original, names))
+        return results
+
+    def _detect(
+        self, batch: Tensor, sizes: list[tuple[int, int]], prompt: EncodedPrompt
+    ) -> list[dict[str, Tensor]]:
+        n = batch.shape[0]
+        ids = prompt.input_ids[None].expand(n, -1).to(self.device)
+        mask = prompt.attention_mask[None].expand(n, -1).to(self.device)
+        text: TextFeatures = self.model.encode_text(ids, mask)
+        return self.model(batch, sizes, text=text, label_to_tokens=prompt.label_to_tokens)  # type: ignore[return-value]
+
+    def _merge(
+        self,
+        chunks: list[dict[str, Tensor]],
+        size: tuple[int, int],
+        original: tuple[int, int],
+        names: dict[int, str],
+    ) -> Detections:
+        boxes = torch.cat([c["boxes"] for c in chunks]).cpu()
+        scores = torch.cat([c["scores"] for c in chunks]).cpu()
+        labels = torch.cat([c["labels"] for c in chunks]).cpu()
+        # Best first; with several chunks (disjoint classes, so class-wise NMS already holds) keep the
+        # best detections_per_image overall.
+        keep = scores.argsort(descending=True, stable=True)[: self.model.cfg.inference.detections_per_image]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        # Back to the original image as official evaluation does (BoxList.resize: ratios, no +1).
+        boxes = resize_boxes(boxes, size, original)
+        return Detections(boxes, scores, labels, [names[int(lab)] for lab in labels])
