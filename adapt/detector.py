@@ -14,7 +14,7 @@ on the other images of its batch (as in official evaluation); ``batch_size=1`` a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -32,8 +32,14 @@ from adapt.model.config import GLIPConfig
 from adapt.model.glip import GLIP, build_glip
 from adapt.model.language import TextFeatures
 from adapt.model.preprocess import batch_images
-from adapt.prompt import EncodedPrompt, PromptTooLongError, encode_prompt_chunks, load_tokenizer
-from adapt.prompt import _span_to_tokens as span_to_tokens  # official char_to_token fallbacks
+from adapt.prompt import (
+    EncodedPrompt,
+    PromptTooLongError,
+    encode_prompt_chunks,
+    load_tokenizer,
+    span_to_tokens,
+)
+from adapt.train.export import Export, load_export
 
 ImageInput = str | Path | Image.Image
 MARKED_PHRASE = re.compile(r"\[([^\[\]]+)\]")
@@ -44,13 +50,15 @@ class Detections:
     """Detections of one image, in its original pixels.
 
     ``boxes`` [n, 4] xyxy in the legacy "+1" convention of GLIP (width = x2 - x1 + 1),
-    ``scores`` [n], ``labels`` [n] 1-based index into the classes or marked phrases, ``names`` [n].
+    ``scores`` [n], ``labels`` [n] 1-based index into the classes or marked phrases, ``names`` [n],
+    ``image_size`` the original (height, width).
     """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     names: list[str]
+    image_size: tuple[int, int]
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -76,6 +84,10 @@ class Detector:
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(model.cfg.language.tokenizer)
         self.load_report: LoadReport | None = None
+        # A prompt-tuning artifact: its stored embeddings replace the text encoder (see from_export).
+        self.prompt: Export | None = None
+        # What predict() detects when given no classes: the classes an exported run was trained on.
+        self.default_classes: list[str] = []
 
     @classmethod
     def from_config(
@@ -122,6 +134,33 @@ class Detector:
             )
         return cls.from_config(cfg, checkpoint=path, device=device, batch_size=batch_size)
 
+    @classmethod
+    def from_export(
+        cls,
+        path: str | Path,
+        model: str | None = None,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+    ) -> Detector:
+        """The base model a training run adapted, plus what the run exported (``<run>/export``).
+
+        A prompt-tuning artifact carries its prompt embeddings, so the text encoder is dropped and
+        ``predict()`` without classes detects the artifact's classes; linear-probe and LoRA
+        artifacts are loaded onto the model, which then takes classes as usual.
+        """
+        artifact = load_export(path)
+        name = model or artifact.config["base_model"]["name"]
+        detector = cls.from_config(name, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        artifact.check_model(detector.model)
+        detector.default_classes = list(artifact.class_names)
+        if artifact.mode == "prompt":
+            detector.model.language_backbone = None  # type: ignore[assignment]  # embeddings are stored
+            detector.prompt = artifact
+        else:
+            artifact.apply(detector.model)
+        return detector
+
     # ----------------------------------------------------------------------------------------------
 
     def encode(
@@ -137,7 +176,7 @@ class Detector:
         """
         max_len = self.model.cfg.language.max_query_len
         if (classes is None) == (caption is None):
-            raise ValueError("give either `classes` or `caption`")
+            raise ValueError("give either `classes` or `caption` (or load a prompt with from_export)")
         if classes is not None:
             if not classes:
                 raise ValueError("`classes` is empty")
@@ -212,27 +251,50 @@ class Detector:
         """
         single = isinstance(images, str | Path | Image.Image)
         items = [images] if single else list(images)  # type: ignore[list-item]
-        prompts = self.encode(classes, caption, phrases)
-        names = {lab: name for p in prompts for lab, name in zip(p.labels, p.class_names, strict=True)}
+        queries = self._queries(classes, caption, phrases)
+        names = {lab: name for q in queries for lab, name in q.names.items()}
         bs = batch_size or self.batch_size
         results: list[Detections] = []
         for start in range(0, len(items), bs):
             loaded = [self.preprocess(im) for im in items[start : start + bs]]
             batch, sizes = batch_images([t for t, _ in loaded], self.model.cfg.input)
             batch = batch.to(self.device)
-            per_chunk = [self._detect(batch, sizes, p) for p in prompts]
+            per_query = [
+                self.model(batch, sizes, text=q.text(len(loaded)), label_to_tokens=q.label_to_tokens)
+                for q in queries
+            ]
             for i, (_, original) in enumerate(loaded):
-                results.append(self._merge([c[i] for c in per_chunk], sizes[i], original, names))
+                results.append(self._merge([d[i] for d in per_query], sizes[i], original, names))  # type: ignore[index]
         return results
 
-    def _detect(
-        self, batch: Tensor, sizes: list[tuple[int, int]], prompt: EncodedPrompt
-    ) -> list[dict[str, Tensor]]:
-        n = batch.shape[0]
-        ids = prompt.input_ids[None].expand(n, -1).to(self.device)
-        mask = prompt.attention_mask[None].expand(n, -1).to(self.device)
-        text: TextFeatures = self.model.encode_text(ids, mask)
-        return self.model(batch, sizes, text=text, label_to_tokens=prompt.label_to_tokens)  # type: ignore[return-value]
+    def _queries(
+        self, classes: Sequence[str] | None, caption: str | None, phrases: Sequence[str] | None
+    ) -> list[_Query]:
+        """One query per forward pass: a prompt chunk, a caption, or the loaded prompt artifact."""
+        if classes is None and caption is None and self.prompt is None:
+            classes = self.default_classes or None
+        if classes is None and caption is None and self.prompt is not None:
+            artifact = self.prompt
+            return [
+                _Query(
+                    dict(enumerate(artifact.class_names, start=1)),
+                    artifact.label_to_tokens,
+                    lambda n: artifact.text_features(n, self.device),
+                )
+            ]
+        if self.model.language_backbone is None:
+            raise ValueError("a prompt artifact replaced the text encoder: call predict without classes")
+        return [
+            _Query(
+                dict(zip(p.labels, p.class_names, strict=True)),
+                p.label_to_tokens,
+                lambda n, p=p: self.model.encode_text(
+                    p.input_ids[None].expand(n, -1).to(self.device),
+                    p.attention_mask[None].expand(n, -1).to(self.device),
+                ),
+            )
+            for p in self.encode(classes, caption, phrases)
+        ]
 
     def _merge(
         self,
@@ -250,4 +312,13 @@ class Detector:
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         # Back to the original image as official evaluation does (BoxList.resize: ratios, no +1).
         boxes = resize_boxes(boxes, size, original)
-        return Detections(boxes, scores, labels, [names[int(lab)] for lab in labels])
+        return Detections(boxes, scores, labels, [names[int(lab)] for lab in labels], original)
+
+
+@dataclass
+class _Query:
+    """What one forward pass needs on the text side."""
+
+    names: dict[int, str]  # label -> class name
+    label_to_tokens: dict[int, list[int]]
+    text: Callable[[int], TextFeatures]  # batch size -> text features

@@ -137,7 +137,7 @@ def load_tokenizer(name: str = "bert-base-uncased") -> PreTrainedTokenizerFast:
     )
 
 
-def _span_to_tokens(encoding, start: int, end: int) -> list[int]:
+def span_to_tokens(encoding, start: int, end: int) -> list[int]:
     """Token positions of the character span ``[start, end)``; empty when it cannot be mapped.
 
     Official fallbacks of ``create_positive_dict`` / ``create_positive_map``: a span boundary that
@@ -235,7 +235,7 @@ def encode_prompt(
         overflow = [
             name
             for name, end in zip(class_names, ends, strict=True)
-            if (_span_to_tokens(full, end - 1, end) or [max_query_len])[-1] > max_query_len - 2
+            if (span_to_tokens(full, end - 1, end) or [max_query_len])[-1] > max_query_len - 2
         ]
         raise PromptTooLongError(overflow or class_names[-1:], n_tokens, max_query_len)
 
@@ -244,7 +244,7 @@ def encode_prompt(
     )
     label_to_tokens: dict[int, list[int]] = {}
     for label, (start, end) in zip(labels, spans, strict=True):
-        tokens = _span_to_tokens(encoding, start, end)
+        tokens = span_to_tokens(encoding, start, end)
         if tokens:  # official: a span that maps to no token is skipped
             label_to_tokens.setdefault(label, []).extend(tokens)
     return EncodedPrompt(
