@@ -76,7 +76,10 @@ def test_run_dir_is_deterministic_per_job():
     """No timestamp in a single run's folder: re-running the same command finds it to resume."""
     cfg = compose_with("task=odinw/aquarium", "shots=5", "mode=prompt", "seed=30")
     HydraConfig.instance().set_config(cfg)
-    assert cfg.hydra.run.dir == "outputs/odinw/aquarium/glip_mini/prompt/shots5_seed30"
+    try:
+        assert cfg.hydra.run.dir == "outputs/odinw/aquarium/glip_mini/prompt/shots5_seed30"
+    finally:
+        HydraConfig.instance().cfg = None  # global state: later tests must not see this job
 
 
 @pytest.mark.parametrize(
