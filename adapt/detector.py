@@ -35,9 +35,9 @@ from adapt.model.preprocess import batch_images
 from adapt.prompt import (
     EncodedPrompt,
     PromptTooLongError,
+    encode_caption,
     encode_prompt_chunks,
     load_tokenizer,
-    span_to_tokens,
 )
 from adapt.train.export import Export, load_export
 
@@ -208,22 +208,7 @@ class Detector:
         n_tokens = len(self.tokenizer(caption)["input_ids"])
         if n_tokens > max_len:
             raise PromptTooLongError(names, n_tokens, max_len)
-        enc = self.tokenizer(
-            caption, max_length=max_len, padding="max_length", truncation=True, return_tensors="pt"
-        )
-        labels = list(range(1, len(names) + 1))
-        label_to_tokens = {
-            lab: t for lab, (s, e) in zip(labels, spans, strict=True) if (t := span_to_tokens(enc, s, e))
-        }
-        return EncodedPrompt(
-            caption=caption,
-            class_names=names,
-            labels=labels,
-            input_ids=enc["input_ids"][0],
-            attention_mask=enc["attention_mask"][0],
-            label_to_tokens=label_to_tokens,
-            char_spans=spans,
-        )
+        return encode_caption(caption, spans, names, self.tokenizer, max_query_len=max_len)
 
     def preprocess(self, image: ImageInput) -> tuple[Tensor, tuple[int, int]]:
         """Official test transform of one image -> (RGB [3, h, w] in [0, 1] resized, original (H, W))."""

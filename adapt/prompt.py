@@ -239,6 +239,23 @@ def encode_prompt(
         ]
         raise PromptTooLongError(overflow or class_names[-1:], n_tokens, max_query_len)
 
+    return encode_caption(caption, spans, class_names, tokenizer, labels, max_query_len)
+
+
+def encode_caption(
+    caption: str,
+    spans: Sequence[tuple[int, int]],
+    names: Sequence[str],
+    tokenizer: PreTrainedTokenizerFast,
+    labels: Sequence[int] | None = None,
+    max_query_len: int = MAX_QUERY_LEN,
+) -> EncodedPrompt:
+    """Tokenise a caption whose phrase ``spans`` (character ``[start, end)``) are the classes.
+
+    Shared by class-list prompts and free-form captions with marked phrases (phrase grounding).
+    The caller has checked that the caption fits; labels default to 1..K.
+    """
+    labels = list(range(1, len(names) + 1)) if labels is None else [int(x) for x in labels]
     encoding = tokenizer(
         caption, max_length=max_query_len, padding="max_length", truncation=True, return_tensors="pt"
     )
@@ -249,12 +266,12 @@ def encode_prompt(
             label_to_tokens.setdefault(label, []).extend(tokens)
     return EncodedPrompt(
         caption=caption,
-        class_names=class_names,
+        class_names=list(names),
         labels=labels,
         input_ids=encoding["input_ids"][0],
         attention_mask=encoding["attention_mask"][0],
         label_to_tokens=label_to_tokens,
-        char_spans=spans,
+        char_spans=list(spans),
     )
 
 

@@ -39,13 +39,27 @@ def main() -> float | None:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> float | None:
     """Run one job; the return value (test AP) lets Hydra sweepers optimise over runs."""
+    from adapt.data.errors import DataError
+    from adapt.download import DownloadError, MissingDataError
+    from adapt.model.checkpoint import CheckpointError
+    from adapt.prompt import PromptTooLongError
+    from adapt.train.export import ExportError
+    from adapt.train.job import run_job
+
     try:
-        from adapt.train.job import run_job
-    except ImportError as exc:  # the training job lands with the training issue
-        print(f"adapt: the training job is not available in this build ({exc}).", file=sys.stderr)
-        print("adapt: `python -m adapt.run --cfg job` shows the composed configuration.", file=sys.stderr)
+        return run_job(cfg)
+    except (
+        MissingDataError,
+        DownloadError,
+        DataError,
+        CheckpointError,
+        PromptTooLongError,
+        ExportError,
+    ) as exc:
+        # Bad input or missing files: the message names the file and the fix; a traceback adds nothing.
+        # (Inside a sweep the job records the failure in its folder and the sweep goes on instead.)
+        print(f"adapt: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    return run_job(cfg)
 
 
 if __name__ == "__main__":
