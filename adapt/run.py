@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -36,7 +37,9 @@ def main() -> float | None:
     return _main()
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+# An absolute path: the same configs whether started as `python -m adapt.run`, as the `adapt`
+# console script (where Hydra would look for a `adapt.conf` module) or from any folder.
+@hydra.main(config_path=str(Path(__file__).parent / "conf"), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> float | None:
     """Run one job; the return value (test AP) lets Hydra sweepers optimise over runs."""
     from adapt.data.errors import DataError
