@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,9 @@ def _bert_attention(
     key: Tensor,
     value: Tensor,
     attention_mask: Tensor | None,
+    *,
     clamp: bool,
+    **kwargs: object,  # transformers passes scaling/dropout hints; the module's own are used
 ) -> tuple[Tensor, Tensor]:
     """Classic BERT attention, softmax(QK^T / sqrt(d) + mask), as the official models compute it.
 
@@ -52,32 +55,9 @@ def _bert_attention(
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
-def bert_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    **kwargs: object,
-) -> tuple[Tensor, Tensor]:
-    """Registered as ``glip_bert`` (language backbone)."""
-    return _bert_attention(module, query, key, value, attention_mask, clamp=False)
-
-
-def bert_attention_clamped(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    **kwargs: object,
-) -> tuple[Tensor, Tensor]:
-    """Registered as ``glip_bert_clamped`` (the BERT layers inside the head)."""
-    return _bert_attention(module, query, key, value, attention_mask, clamp=True)
-
-
-AttentionInterface.register(BERT_ATTENTION, bert_attention)
-AttentionInterface.register(BERT_ATTENTION_CLAMPED, bert_attention_clamped)
+# `glip_bert` for the language backbone; `glip_bert_clamped` for the BERT layers inside the head.
+AttentionInterface.register(BERT_ATTENTION, partial(_bert_attention, clamp=False))
+AttentionInterface.register(BERT_ATTENTION_CLAMPED, partial(_bert_attention, clamp=True))
 AttentionMaskInterface.register(BERT_ATTENTION, eager_mask)
 AttentionMaskInterface.register(BERT_ATTENTION_CLAMPED, eager_mask)
 
