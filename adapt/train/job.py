@@ -52,7 +52,17 @@ BEST_FILE = "best.safetensors"
 def run_job(cfg: DictConfig, run_dir: str | os.PathLike[str] | None = None) -> float | None:
     """Run one job under the sweep rules; returns the test AP (None when skipped or failed in a sweep)."""
     folder = Path(run_dir) if run_dir is not None else (sweep.hydra_output_dir() or Path(os.getcwd()))
+    _route_lightning_logs_through_root()
     return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
+
+
+def _route_lightning_logs_through_root() -> None:
+    """Lightning adds its own console handlers; under Hydra's root handlers every line then printed
+    twice. Its records now go through the root logger once: to the console and the run's run.log."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 # ------------------------------------------------------------------------------------------------
