@@ -37,7 +37,7 @@ import urllib.request
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,7 +97,15 @@ class _HeaderRecorder(urllib.request.HTTPRedirectHandler):
     def __init__(self) -> None:
         self.headers: list[Mapping[str, str]] = []
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Mapping[str, str],
+        newurl: str,
+    ) -> urllib.request.Request | None:
         self.headers.append(headers)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import BertTokenizerFast, PreTrainedTokenizerFast
+from transformers import BatchEncoding, BertTokenizerFast, PreTrainedTokenizerFast
 
 __all__ = [
     "CaptionPrompt",
@@ -137,7 +137,7 @@ def load_tokenizer(name: str = "bert-base-uncased") -> PreTrainedTokenizerFast:
     )
 
 
-def span_to_tokens(encoding, start: int, end: int) -> list[int]:
+def span_to_tokens(encoding: BatchEncoding, start: int, end: int) -> list[int]:
     """Token positions of the character span ``[start, end)``; empty when it cannot be mapped.
 
     Official fallbacks of ``create_positive_dict`` / ``create_positive_map``: a span boundary that
