@@ -40,7 +40,7 @@ def convert(source: str | Path, target: str | Path, cfg: GLIPConfig) -> LoadRepo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from adapt.detector import model_config
+    from adapt.model.config import model_config
 
     parser = argparse.ArgumentParser(prog="python -m adapt.convert", description=__doc__.split("\n\n")[1])
     parser.add_argument("source", help="official GLIP checkpoint (.pth)")

@@ -16,19 +16,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from PIL import Image
 from torch import Tensor
 
 from adapt.data.io import read_image
 from adapt.data.transforms import Resize, ToTensor, resize_boxes
 from adapt.model.checkpoint import LoadReport, load_checkpoint, read_config
-from adapt.model.config import GLIPConfig
+from adapt.model.config import GLIPConfig, model_config
 from adapt.model.glip import GLIP, build_glip
 from adapt.model.language import TextFeatures
 from adapt.model.preprocess import batch_images
@@ -62,17 +60,6 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
-
-
-def model_config(name: str) -> dict[str, Any]:
-    """The shipped ``conf/model/<name>.yaml`` as a plain dict (``name``, ``checkpoint``, ``arch``)."""
-    resource = files("adapt").joinpath("conf", "model", f"{name}.yaml")
-    if not resource.is_file():
-        known = sorted(
-            p.name.removesuffix(".yaml") for p in files("adapt").joinpath("conf", "model").iterdir()
-        )
-        raise ValueError(f"unknown model config {name!r}; known: {known}")
-    return yaml.safe_load(resource.read_text())
 
 
 class Detector:

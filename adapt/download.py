@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import adapt
 from adapt.data.task import data_path, resolve_config
+from adapt.model.config import model_config, model_names
 
 DEFAULT_HUB_URL = "https://huggingface.co/GLIPModel/GLIP/resolve/main"
 DEFAULT_CACHE = "~/.cache/adapt"
@@ -466,12 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 root = fetch_dataset(cfg, args.hub_url, not args.no_progress, args.keep_zip, args.force)
                 require_dataset(cfg)
                 print(f"{name}: {root}")
-            elif (CONF_DIR / "model" / f"{name}.yaml").is_file():
-                cfg = load_config("model", name)
+            elif name in model_names():
+                cfg = model_config(name)
                 path = fetch_checkpoint(cfg, args.cache_dir, args.hub_url, not args.no_progress)
                 print(f"{name}: {path if path else 'no official checkpoint; nothing to download'}")
             else:
-                models = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+                models = model_names()
                 print(
                     f"{name}: unknown; use odinw/<task> ({', '.join(odinw_tasks())}), odinw/all, "
                     f"or one of {models}",

@@ -9,7 +9,10 @@ Keyword construction keeps building a model separate from reading a config file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
 from typing import Any
+
+import yaml
 
 
 @dataclass
@@ -157,3 +160,17 @@ class GLIPConfig:
         """Channels of Swin stages 2..4 (strides 8, 16, 32), the FPN inputs."""
         n = len(self.swin.depths)
         return tuple(self.swin.embed_dim * 2**i for i in range(1, n))
+
+
+def model_names() -> list[str]:
+    """The model configs shipped in ``conf/model/`` (glip_t, glip_l, ...)."""
+    folder = files("adapt").joinpath("conf", "model")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The shipped ``conf/model/<name>.yaml`` as a plain dict (``name``, ``checkpoint``, ``arch``)."""
+    resource = files("adapt").joinpath("conf", "model", f"{name}.yaml")
+    if not resource.is_file():
+        raise ValueError(f"unknown model config {name!r}; known: {model_names()}")
+    return yaml.safe_load(resource.read_text())
