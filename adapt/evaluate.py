@@ -30,6 +30,7 @@ from adapt.atomic import write_json
 from adapt.data.coco import coco_from_dict, load_coco_json
 from adapt.data.errors import DataError, DataWarning
 from adapt.data.io import read_json
+from adapt.data.transforms import resize_boxes
 
 # Indices of COCOeval.stats and the names results.json uses for them.
 STAT_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
@@ -44,6 +45,12 @@ def _mean_precision(values: np.ndarray) -> float | None:
     """COCOeval's summary: the mean over entries that exist (-1 marks "no ground truth")."""
     valid = values[values > -1]
     return _percent(float(np.mean(valid))) if valid.size else None
+
+
+def coco_xywh(boxes: torch.Tensor) -> torch.Tensor:
+    """xyxy -> COCO xywh with GLIP's +1 convention (w = x2 - x1 + 1), as official evaluation writes it."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([x1, y1, x2 - x1 + 1, y2 - y1 + 1], dim=-1)
 
 
 def detections_to_coco(
@@ -61,14 +68,9 @@ def detections_to_coco(
         boxes = pred["boxes"].detach().float().cpu()
         if boxes.numel() == 0:
             continue
-        (h, w), (H, W) = target["size"], target["orig_size"]
-        scale = torch.tensor([W / w, H / h, W / w, H / h])
-        boxes = boxes * scale
-        xywh = torch.stack(
-            [boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1], dim=1
-        )
+        boxes = resize_boxes(boxes, tuple(target["size"]), tuple(target["orig_size"]))
         for box, score, label in zip(
-            xywh.tolist(),
+            coco_xywh(boxes).tolist(),
             pred["scores"].detach().cpu().tolist(),
             pred["labels"].detach().cpu().tolist(),
             strict=True,

@@ -24,6 +24,7 @@ from PIL import ImageDraw
 from adapt.atomic import write_json
 from adapt.data.io import read_image
 from adapt.detector import Detections, Detector
+from adapt.evaluate import coco_xywh
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 
@@ -40,11 +41,9 @@ def to_coco(
     for image_id, (path, res) in enumerate(zip(images, results, strict=True), start=1):
         h, w = res.image_size
         coco["images"].append({"id": image_id, "file_name": str(path), "height": h, "width": w})
-        for box, score, label in zip(
-            res.boxes.tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
+        for (x1, y1, bw, bh), score, label in zip(
+            coco_xywh(res.boxes).tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
         ):
-            x1, y1, x2, y2 = box
-            bw, bh = x2 - x1 + 1, y2 - y1 + 1
             coco["annotations"].append(
                 {
                     "id": len(coco["annotations"]) + 1,
