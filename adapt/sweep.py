@@ -2,10 +2,11 @@
 
 The paper's protocol (glip_spec.md section 4) is not a Cartesian product: zero-shot is evaluated
 once per task and model, and full-data ("all") runs once, while 1/3/5/10-shot runs once per seed.
-Hydra's basic sweeper only knows products, and a custom sweeper would have to live in the
-`hydra_plugins` namespace, so the sweep yaml spans the product and each job asks `skip_reason`
-first: a redundant grid point, or one whose `results.json` is already complete, returns within
-milliseconds, and re-running the same command resumes the sweep.
+Hydra's sweepers only know products, so the sweep yaml spans the product and `skip_reason` says
+which points are redundant, or already complete in their `results.json`. It is asked twice: by
+adapt's sweeper (`hydra_plugins/adapt_sweeper`, `hydra/sweeper=adapt_protocol`), which leaves
+those points out of the launch, so SLURM never queues them; and by every job as it starts, so a
+sweep under another sweeper still runs the protocol, and re-running the same command resumes it.
 
 A failed job must not take the sweep down (Hydra re-raises a job's exception after its batch,
 and the submitit launcher raises as soon as it collects a failed job), so `run_job` records the

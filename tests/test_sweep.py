@@ -377,6 +377,9 @@ def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     trained_again = (tmp_path / "trained.txt").read_text().splitlines()[8:]
     assert trained_again == ["b linear 3 30"]
+    # the sweeper left the 7 complete jobs out of the launch: they never reached the launcher
+    assert "8 grid points, 1 jobs to launch (skipped: 7 already complete)" in second.stdout
+    assert "Launching 1 jobs locally" in second.stdout
 
     from adapt.report import main as report_main
 
@@ -403,6 +406,31 @@ def test_stub_sweep_zero_shot_and_full_data_run_once_with_joblib(tmp_path):
 
     report = build_report(tmp_path / "multirun" / "smoke", paper=None)
     assert sorted(j.status for j in report.jobs) == ["complete", "complete"]  # skipped points are not jobs
+    # the 6 redundant points were never launched: no job folder, no Hydra job config
+    assert "8 grid points, 2 jobs to launch (skipped: 6 redundant grid point)" in result.stdout
+    job_dirs = sorted(
+        p.parent.relative_to(tmp_path / "multirun" / "smoke" / "glip_mini")
+        for p in (tmp_path / "multirun" / "smoke" / "glip_mini").rglob(".hydra")
+    )
+    assert [str(d) for d in job_dirs] == ["a/prompt/shotsall_seed3", "a/zero/shots0_seed3"]
+
+
+def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
+    _stub_project(tmp_path)
+    # odinw13's own grid, narrowed to two tasks and the stub's three modes: 2 x 6 x 3 x 3 = 108
+    # points, of which 2 x (1 zero-shot + 2 modes x 4 shots x 3 seeds + 2 full-data) = 54 run.
+    grid = ["+sweep=odinw13", "task=odinw/aquarium,odinw/rabbits", "mode=zero,prompt,linear"]
+    result = _run_stub(tmp_path, *grid, "sweep.dry_run=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "108 grid points, 54 jobs to launch (skipped: 54 redundant grid point)" in result.stdout
+    launches = [
+        line.split("would launch: ", 1)[1] for line in result.stdout.splitlines() if "would launch" in line
+    ]
+    assert len(launches) == 54
+    assert sum("mode=zero" in job for job in launches) == 2
+    assert all("shots='0'" in job and "seed=3" in job for job in launches if "mode=zero" in job)
+    assert all("seed=3 " in job + " " for job in launches if "shots=all" in job)
+    assert not (tmp_path / "trained.txt").exists()
 
 
 # ------------------------------------------------------------------------------------------------
