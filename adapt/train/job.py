@@ -139,6 +139,25 @@ def max_periods(cfg: DictConfig) -> int:
 # The job
 
 
+def resume_checkpoint(setting: Any, last: Path) -> str | None:
+    """The checkpoint to continue from under `resume=false|true|auto`, or None to start afresh.
+
+    `auto` is for sweeps: a job requeued after a SLURM time-out or preemption, or re-run after a
+    crash, continues where it stopped, while a job that never trained starts quietly; `true` is a
+    user's explicit request, so a missing checkpoint is worth a warning.
+    """
+    value = str(setting).strip().lower() if setting is not None else "false"
+    if value not in ("false", "true", "auto"):
+        raise ValueError(f"resume must be false, true or auto, got {setting!r}")
+    if value == "false":
+        return None
+    if last.is_file():
+        return str(last)
+    if value == "true":
+        log.warning("resume=true but %s does not exist: starting from scratch", last)
+    return None
+
+
 def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     """The job body (see the module docstring); raises on any failure."""
     # Frozen parts run in eval mode on purpose (the official module modes, see adapt.train.modes).
@@ -209,10 +228,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     try:
         trainer = build_trainer(cfg, run_dir, callbacks, logger, max_periods(cfg))
         if trains:
-            last = ckpt_dir / LAST_CKPT
-            resume_from = str(last) if cfg.get("resume") and last.is_file() else None
-            if cfg.get("resume") and resume_from is None:
-                log.warning("resume=true but %s does not exist: starting from scratch", last)
+            resume_from = resume_checkpoint(cfg.get("resume"), ckpt_dir / LAST_CKPT)
             trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
             if protocol.evaluated_step != module.global_step or not protocol.history:
                 trainer.validate(module, datamodule=dm, verbose=False)  # the final weights count too

@@ -67,6 +67,24 @@ def test_a_failed_job_is_recorded_and_its_wandb_run_closed(tmp_path):
     assert wandb.run is None
 
 
+def test_resume_checkpoint_settings(tmp_path, caplog):
+    from adapt.train.job import resume_checkpoint
+
+    last = tmp_path / "last.ckpt"
+    assert resume_checkpoint(False, last) is None and resume_checkpoint(None, last) is None
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint("auto", last) is None
+    assert not caplog.records  # a sweep job that never trained starts quietly
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(True, last) is None
+    assert "does not exist" in caplog.text
+    last.write_bytes(b"")
+    assert resume_checkpoint(True, last) == resume_checkpoint("auto", last) == str(last)
+    assert resume_checkpoint("false", last) is None
+    with pytest.raises(ValueError, match="resume must be false, true or auto, got 'sometimes'"):
+        resume_checkpoint("sometimes", last)
+
+
 def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
     overrides = ("mode=linear", "shots='1'", "trainer.max_steps=null", "trainer.max_epochs=2", "seed=5")
     straight = tmp_path / "straight"
@@ -85,7 +103,7 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
         run_job(compose_job(*overrides), run_dir=resumed)
     assert read(resumed)["status"] == "failed" and len(read(resumed)["val_history"]) == 1
     monkeypatch.setattr(GLIPAdaptation, "on_train_batch_start", original)
-    run_job(compose_job(*overrides, "resume=true"), run_dir=resumed)
+    run_job(compose_job(*overrides, "resume=auto"), run_dir=resumed)  # what sweeps use
 
     a, b = read(straight), read(resumed)
     assert b["status"] == "complete"
