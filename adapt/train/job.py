@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +39,7 @@ from adapt.train.loggers import build_logger, close_logger
 from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol
-from adapt.train.results import RunRecord, peak_memory_mb, test_fields
+from adapt.train.results import RunClock, RunRecord, peak_memory_mb, test_fields
 from adapt.train.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     """The job body (see the module docstring); raises on any failure."""
     # Frozen parts run in eval mode on purpose (the official module modes, see adapt.train.modes).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
-    start = time.time()
+    clock = RunClock()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     record = RunRecord(run_dir, cfg)
@@ -207,9 +206,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         ckpt_dir / BEST_FILE,
         stop_patience=int(cfg.shots.stop_patience),
         schedule={**dict(cfg.trainer.get("lr_drop") or {}), "patience": int(cfg.shots.step_patience)},
-        on_evaluation=lambda history: _record_history(record, history),
+        on_evaluation=lambda history: _record_history(record, history, clock),
     )
-    callbacks: list[L.Callback] = [protocol]
+    callbacks: list[L.Callback] = [protocol, clock]
     if trains:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -258,7 +257,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             test=test,
             export=str(export_dir) if export_dir is not None else None,
             skipped_batches=module.skipped_batches,
-            wall_time_s=round(time.time() - start, 2),
+            wall_time_s=clock.elapsed_s(),
+            resumed=clock.resumed,
             peak_memory_mb=peak_memory_mb(module.device),
         )
         path = record.write("complete")
@@ -268,8 +268,10 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         close_logger(logger)
 
 
-def _record_history(record: RunRecord, history: list[dict[str, Any]]) -> None:
-    """After each evaluation: keep the history on disk (a killed run still shows it)."""
+def _record_history(record: RunRecord, history: list[dict[str, Any]], clock: RunClock) -> None:
+    """After each evaluation: keep the history and time on disk (a killed run still shows them)."""
     best = max(history, key=lambda h: h["ap"]) if history else None
-    record.update(val_history=history, best_val_ap=best["ap"] if best else None)
+    record.update(
+        val_history=history, best_val_ap=best["ap"] if best else None, wall_time_s=clock.elapsed_s()
+    )
     record.write()

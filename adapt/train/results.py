@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,6 +63,7 @@ class RunRecord:
             "test": None,
             "params": None,
             "wall_time_s": None,
+            "resumed": False,
             "peak_memory_mb": None,
             "config": composed_config(cfg),
         }
@@ -73,6 +76,31 @@ class RunRecord:
             self.data["status"] = status
         write_json(self.data, self.path)
         return self.path
+
+
+class RunClock(L.Callback):
+    """A run's wall time, carried through resume checkpoints.
+
+    A sweep job requeued after a SLURM time-out continues from ``last.ckpt``; its
+    ``wall_time_s`` must include the attempts that got it there, or a sweep's summed time (the
+    cost figure users plan clusters with) undercounts. Work after the last checkpoint is redone,
+    so it is not counted twice: the clock resumes from the checkpoint's reading.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.before_s = 0.0  # time of earlier attempts, as of the checkpoint this one resumed
+        self.resumed = False
+
+    def elapsed_s(self) -> float:
+        return round(self.before_s + time.time() - self.start, 2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed_s()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before_s = float(state_dict["elapsed_s"])
+        self.resumed = True
 
 
 def test_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -102,11 +102,14 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
     with pytest.raises(KeyError, match="simulated crash"):
         run_job(compose_job(*overrides), run_dir=resumed)
     assert read(resumed)["status"] == "failed" and len(read(resumed)["val_history"]) == 1
+    first_attempt_s = read(resumed)["wall_time_s"]  # as of its evaluation, before the checkpoint
     monkeypatch.setattr(GLIPAdaptation, "on_train_batch_start", original)
     run_job(compose_job(*overrides, "resume=auto"), run_dir=resumed)  # what sweeps use
 
     a, b = read(straight), read(resumed)
-    assert b["status"] == "complete"
+    assert b["status"] == "complete" and b["resumed"] and not a["resumed"]
+    # the resumed run's time includes the first attempt's, up to the checkpoint it continued from
+    assert first_attempt_s > 0 and b["wall_time_s"] > first_attempt_s
     assert [(h["step"], h["ap"], h["lr"]) for h in a["val_history"]] == [
         (h["step"], h["ap"], h["lr"]) for h in b["val_history"]
     ]
