@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -262,6 +263,10 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             peak_memory_mb=peak_memory_mb(module.device),
         )
         path = record.write("complete")
+        if not cfg.get("keep_checkpoints", False):
+            # The export holds the best weights; last.ckpt only served to resume an unfinished run
+            # (and, left behind, would make `resume=auto` continue a finished one).
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
         print_summary(record.data, path, export_dir)
         return test["ap"]
     finally:

@@ -34,7 +34,7 @@ def read(run_dir):
     ],
 )
 def test_each_mode_writes_a_complete_results_json(tmp_path, mode, extra):
-    cfg = compose_job(f"mode={mode}", "trainer.max_steps=1", *extra)
+    cfg = compose_job(f"mode={mode}", "trainer.max_steps=1", "keep_checkpoints=true", *extra)
     ap = run_job(cfg, run_dir=tmp_path)
     results = read(tmp_path)
     assert set(results) >= SCHEMA and results["status"] == "complete"
@@ -114,6 +114,9 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
         (h["step"], h["ap"], h["lr"]) for h in b["val_history"]
     ]
     assert a["test"] == b["test"] and a["best_step"] == b["best_step"]
+    # once complete, the checkpoints go (the export has the weights): resume=auto cannot continue
+    # a finished run, and a sweep does not keep a full fine-tuning checkpoint per job
+    assert not (straight / "checkpoints").exists() and not (resumed / "checkpoints").exists()
     ta = load_file(straight / "export" / "adapter_model.safetensors")
     tb = load_file(resumed / "export" / "adapter_model.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
