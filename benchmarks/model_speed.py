@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import torch
 from adapt.detector import model_config
 from adapt.model import GLIPConfig, build_glip
 from adapt.model.preprocess import batch_images
+from adapt.train.results import machine_info
 
 HEIGHT, WIDTH = 800, 1333
 CLASSES_CAPTION_TOKENS = 20  # a typical ODinW prompt: [CLS] + ~18 word pieces + [SEP]
@@ -76,17 +76,9 @@ def measure(model_name: str, batch: int, reps: int, device: str) -> dict:
 
 
 def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or "cpu"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    m = machine_info(device)
+    where = m["device"] if device.startswith("cuda") else m["cpu"]
+    return f"{where}, {m['cpu_threads']} threads, torch {m['torch']}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from adapt.train.loggers import build_logger, close_logger
 from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol
-from adapt.train.results import RunClock, RunRecord, peak_memory_mb, test_fields
+from adapt.train.results import RunClock, RunRecord, machine_info, peak_memory_mb, test_fields
 from adapt.train.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             wall_time_s=clock.elapsed_s(),
             resumed=clock.resumed,
             peak_memory_mb=peak_memory_mb(module.device),
+            machine=machine_info(module.device),
         )
         path = record.write("complete")
         if not cfg.get("keep_checkpoints", False):

@@ -9,7 +9,9 @@ process's maximum resident set size on CPU.
 from __future__ import annotations
 
 import os
+import platform
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -32,6 +34,41 @@ def peak_memory_mb(device: torch.device | str | None = None) -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return round(rss / 2**20 if sys.platform == "darwin" else rss / 2**10, 1)
+
+
+def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Where a run or a benchmark ran: device, CPU model, threads and library versions.
+
+    Timings mean little without the machine; results.json and the benchmark scripts use this
+    one description so that a sweep's wall times and a benchmark's figures can be compared.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
+        )
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        pass
+    on_cuda = device.type == "cuda" and torch.cuda.is_available()
+    info: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "cpu": cpu,
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if on_cuda:
+        info["cuda"] = torch.version.cuda
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    info["lightning"] = L.__version__
+    return info
 
 
 def composed_config(cfg: DictConfig | Mapping[str, Any]) -> Any:
@@ -65,6 +102,7 @@ class RunRecord:
             "wall_time_s": None,
             "resumed": False,
             "peak_memory_mb": None,
+            "machine": None,
             "config": composed_config(cfg),
         }
 

@@ -34,10 +34,8 @@ import argparse
 import csv
 import logging
 import math
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +54,7 @@ import yaml
 
 from adapt.atomic import write_json
 from adapt.sweep import ALL_SHOTS, ZERO_MODE, GridPoint, normalize_shots, point_skip_reason, shots_sort_key
+from adapt.train.results import machine_info
 
 HERE = Path(__file__).resolve().parent
 SIZES_CSV = HERE / "odinw13_sizes.csv"
@@ -966,32 +965,6 @@ def measure_model(model_name: str, modes: Sequence[str], setup: Setup) -> dict[s
     return result
 
 
-def machine_info(device: str) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    info: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "cpu": cpu,
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda"):
-        info["cuda"] = torch.version.cuda
-    try:
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    info["lightning"] = L.__version__
-    return info
-
-
 # ================================================================================================
 # Putting it together
 
@@ -1540,7 +1513,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for (mode, shots), n in runs.items():
         runs_by_shots[str(shots)][mode] = n
     return {
-        "machine": machine_info(setup.device),
+        "machine": machine_info("cuda" if setup.device.startswith("cuda") else "cpu"),
         "settings": {
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(setup).items()},
             "precision": trainer_precision(setup.device),

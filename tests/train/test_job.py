@@ -43,6 +43,7 @@ def test_each_mode_writes_a_complete_results_json(tmp_path, mode, extra):
     assert results["val_history"] and results["best_val_ap"] is not None
     assert results["params"]["total"] > results["params"]["trainable"]
     assert results["config"]["mode"]["name"] == mode and results["peak_memory_mb"] > 0
+    assert results["machine"]["device"] == "cpu" and results["machine"]["torch"] == torch.__version__
     if mode == "zero":
         assert results["params"]["trainable"] == 0 and not (tmp_path / "export").exists()
     else:
