@@ -4,15 +4,22 @@ Converts an official GLIP checkpoint into adapt's format: adapt parameter names,
 (no pickle), and the GLIPConfig stored in the file so that it loads without naming the model
 (``Detector.from_checkpoint``). A prompt-tuning checkpoint (with ``rpn.tunable_linear.weight``)
 keeps its offset. Exits with status 1, listing the keys, if anything is missing or left over.
+
+The source is read with ``torch.load(weights_only=True)``, which accepts tensors, containers and
+numpy scalars only. A file you trust that names other globals (numpy arrays, say) is converted
+with ``--allow-global NAME`` for each global the load error lists: the allowlist is widened for
+that file alone, and the safetensors output never needs it again.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from adapt.atomic import atomic_path
 from adapt.model.checkpoint import (
     TUNABLE_LINEAR_KEY,
     CheckpointError,
@@ -25,9 +32,21 @@ from adapt.model.config import GLIPConfig
 from adapt.model.glip import build_glip
 
 
-def convert(source: str | Path, target: str | Path, cfg: GLIPConfig) -> LoadReport:
+def resolve_global(name: str) -> tuple[object, str]:
+    """``module.attr`` -> (object, name) for torch's allowlist; the name is kept as the file spells it."""
+    module, _, attr = name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise CheckpointError(f"--allow-global {name}: no such global (module.attribute) here") from None
+    return obj, name
+
+
+def convert(
+    source: str | Path, target: str | Path, cfg: GLIPConfig, allow_globals: Sequence[str] = ()
+) -> LoadReport:
     """Load ``source`` (official .pth) into a model of ``cfg`` and save it as ``target``."""
-    sd, fmt, _ = read_state_dict(source)
+    sd, fmt, _ = read_state_dict(source, [resolve_global(g) for g in allow_globals])
     if fmt != "official":
         raise CheckpointError(f"{source}: already an adapt checkpoint")
     model = build_glip(cfg)
@@ -35,7 +54,8 @@ def convert(source: str | Path, target: str | Path, cfg: GLIPConfig) -> LoadRepo
         model.enable_prompt_tuning()
     report = apply_state_dict(model, sd, fmt, str(source))
     del sd
-    save_safetensors(model, target)
+    with atomic_path(target) as tmp:  # an interrupted conversion leaves no half-written file
+        save_safetensors(model, tmp)
     return report
 
 
@@ -51,12 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--allow-missing", action="store_true", help="write the file even if keys are missing or unexpected"
     )
+    parser.add_argument(
+        "--allow-global",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also unpickle this global (as named by the load error) for this trusted file only",
+    )
     args = parser.parse_args(argv)
     if Path(args.target).suffix != ".safetensors":
         parser.error(f"target must end in .safetensors: {args.target}")
     cfg = GLIPConfig.from_dict(model_config(args.model)["arch"])
     try:
-        report = convert(args.source, args.target, cfg)
+        report = convert(args.source, args.target, cfg, args.allow_global)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

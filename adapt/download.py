@@ -1,55 +1,70 @@
-"""Datasets and official checkpoints from the Hugging Face hub, resumable and verified.
+"""Datasets and official checkpoints from the Hugging Face hub, verified before use.
 
     python -m adapt.download odinw/aquarium        # one ODinW dataset (task config name)
     python -m adapt.download odinw/all             # the 13 ODinW datasets
     python -m adapt.download glip_t                # a model's official checkpoint (conf/model/)
 
-Files come from direct-file URLs (`<hub>/odinw_35/<Name>.zip`, `<hub>/<checkpoint>`) of
-GLIPModel/GLIP; the official script's `tree/` URLs return an HTML page, not the file. The hub base
-URL is `ADAPT_HUB_URL` (tests point it at 127.0.0.1). Downloads go to `<file>.part` and resume with
-an HTTP Range request; the size (Content-Length / Content-Range / X-Linked-Size) and, when known,
-the SHA-256 (the config's `sha256` or the hub's X-Linked-Etag) are checked before the file is
-renamed into place. Zips are unpacked into a temporary folder and renamed into the data folder, so
-a half-unpacked dataset is never mistaken for a complete one.
+Every file comes from a hub repo (``GLIPModel/GLIP``: config keys ``checkpoint.repo`` and
+``hub_repo``) through ``huggingface_hub.hf_hub_download``, so what users of every other HF tool
+rely on applies: the shared HF cache (a file already there is not fetched again), ``HF_ENDPOINT``
+for mirrors, ``HF_TOKEN``, ``HF_HUB_OFFLINE``, the library's resumed transfers, retries and
+progress bars. ``ADAPT_HUB_URL``, adapt's former base URL, is retired in favour of
+``HF_ENDPOINT``.
 
-Where things go: checkpoints in `<cache>/checkpoints/`, ODinW under the task's `download_dir`
-(by default `<cache>/datasets/odinw`), with `<cache>` = config `cache_dir`, else `ADAPT_CACHE`,
-else `~/.cache/adapt`. `ADAPT_OFFLINE=1` (or `HF_HUB_OFFLINE=1`) makes every fetch fail at once.
+Where things go:
 
-A training job calls `require_dataset(cfg.task)` and `require_checkpoint(cfg.model, cfg.cache_dir)`
-first: they return the paths or raise MissingDataError saying what is missing and which command
-fetches it.
+* checkpoints stay in the HF cache (``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``),
+  where any HF tool finds them and ``hf cache`` manages them;
+* an ODinW zip is fetched into ``<download_dir>/.<Name>.hub/`` (copied from the HF cache if it is
+  there), unpacked atomically into ``download_dir`` and deleted (``--keep-zip`` keeps it);
+* adapt's own cache, ``<cache>`` = config ``cache_dir``, else ``ADAPT_CACHE``, else
+  ``~/.cache/adapt``, holds the unpacked datasets (default ``download_dir``:
+  ``<cache>/datasets/odinw``) and ``verified_checkpoints.json``, the size and SHA-256 of every
+  checkpoint verified so far.
+
+A checkpoint is verified because a file of the right name proves nothing (a saved web page has
+passed for one): it must be a torch archive (not an HTML page, an empty file or a truncated zip),
+have the size the hub reported, match the config's pinned ``size``/``sha256`` and the hub's
+SHA-256 ETag, and on later use still have the size and SHA-256 recorded when it was first
+verified. A file that fails right after its download is removed from the HF cache; a cached file
+that fails later is fetched again by ``python -m adapt.download <model>``.
+
+A training job calls ``require_dataset(cfg.task)`` and ``require_checkpoint(cfg.model)`` first:
+they return the paths or raise MissingDataError saying what is missing and which command fetches it.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 import adapt
+from adapt.atomic import write_json
 from adapt.data.task import data_path, resolve_config
 from adapt.model.config import model_config, model_names
 
-DEFAULT_HUB_URL = "https://huggingface.co/GLIPModel/GLIP/resolve/main"
 DEFAULT_CACHE = "~/.cache/adapt"
 CONF_DIR = Path(adapt.__file__).resolve().parent / "conf"
+LEDGER = "verified_checkpoints.json"
 CHUNK = 1 << 20
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+TRUE = ("1", "true", "yes", "on")
+
+log = logging.getLogger(__name__)
 
 
 class MissingDataError(FileNotFoundError):
@@ -57,61 +72,46 @@ class MissingDataError(FileNotFoundError):
 
 
 class DownloadError(RuntimeError):
-    """A fetch failed (network, HTTP status, size or checksum); the message names the URL or file."""
+    """A fetch or a verification failed; the message names the file and what to do."""
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: explicit value (config `cache_dir`), else ADAPT_CACHE, else ~/.cache/adapt."""
+    """adapt's cache root: explicit value (config `cache_dir`), else ADAPT_CACHE, else ~/.cache/adapt."""
     value = override or os.environ.get("ADAPT_CACHE") or DEFAULT_CACHE
     return Path(value).expanduser()
 
 
-def hub_url(override: str | None = None) -> str:
-    """The hub base URL: explicit value, else ADAPT_HUB_URL, else GLIPModel/GLIP's resolve/main."""
-    return (override or os.environ.get("ADAPT_HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
-
-
 def is_offline() -> bool:
-    """True when the user asked for no network (ADAPT_OFFLINE or HF_HUB_OFFLINE set to 1/true/yes)."""
-    return any(
-        os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("ADAPT_OFFLINE", "HF_HUB_OFFLINE")
-    )
+    """True when the user asked for no network: HF_HUB_OFFLINE (or the older ADAPT_OFFLINE) set.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import; the environment is read again here so
+    that a value set later (in a notebook, say) is honoured too.
+    """
+    from huggingface_hub import constants
+
+    env = any(os.environ.get(k, "").lower() in TRUE for k in ("HF_HUB_OFFLINE", "ADAPT_OFFLINE"))
+    return env or constants.is_offline_mode()
 
 
-def file_url(name: str, url: str | None = None, hub: str | None = None) -> str:
-    """URL of a hub file; a configured full URL on the default hub follows an ADAPT_HUB_URL override."""
-    base = hub_url(hub)
-    if url:
-        if url.startswith(DEFAULT_HUB_URL + "/"):
-            return base + url[len(DEFAULT_HUB_URL) :]
-        return url
-    return f"{base}/{name.lstrip('/')}"
+def hub_endpoint(override: str | None = None) -> str | None:
+    """The hub endpoint: explicit value, else HF_ENDPOINT (read now, not at import), else the library's."""
+    if os.environ.get("ADAPT_HUB_URL") and not (override or os.environ.get("HF_ENDPOINT")):
+        raise DownloadError(
+            "ADAPT_HUB_URL is no longer read: set HF_ENDPOINT to the mirror's root instead "
+            "(for example HF_ENDPOINT=https://hf-mirror.com) and unset ADAPT_HUB_URL"
+        )
+    value = override or os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
 
 
-# ----------------------------------------------------------------------------------------------
-# One file over HTTP
+def hf_cache_dir() -> Path:
+    """The HF hub cache the checkpoints live in (HF_HUB_CACHE / HF_HOME, as huggingface_hub resolves it)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
-class _HeaderRecorder(urllib.request.HTTPRedirectHandler):
-    """Keeps the headers of redirect responses: the hub puts X-Linked-Etag/-Size on its 302."""
-
-    def __init__(self) -> None:
-        self.headers: list[Mapping[str, str]] = []
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: Mapping[str, str],
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        self.headers.append(headers)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
@@ -119,122 +119,103 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hub_sha256(headers: Sequence[Mapping[str, str]]) -> str | None:
-    for h in headers:
-        for key in ("X-Linked-Etag", "ETag"):
-            value = (h.get(key) or "").strip().strip('"').lower()
-            if SHA256.match(value):
-                return value
-    return None
+# ----------------------------------------------------------------------------------------------
+# One hub file
 
 
-def _total_size(resp: Any, start: int, headers: Sequence[Mapping[str, str]]) -> int | None:
-    content_range = resp.headers.get("Content-Range") or ""
-    if resp.status == 206 and "/" in content_range and not content_range.endswith("*"):
-        return int(content_range.rsplit("/", 1)[1])
-    if resp.headers.get("Content-Length") is not None:
-        return start + int(resp.headers["Content-Length"])
-    for h in headers:
-        if h.get("X-Linked-Size"):
-            return int(h["X-Linked-Size"])
-    return None
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """The library's download bars, switched off for this call only when `enabled` is False."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-
-def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
-
-
-def _attempt(url: str, part: Path, timeout: float, progress: bool) -> tuple[int | None, str | None]:
-    """One request appending to `part` from its current size; returns (total size, hub sha256)."""
-    start = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": f"adapt/{adapt.__version__}"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    recorder = _HeaderRecorder()
-    opener = urllib.request.build_opener(recorder)
+    was_disabled = are_progress_bars_disabled()
+    if not enabled and not was_disabled:
+        disable_progress_bars()
     try:
-        resp = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and start:  # nothing left to send: the part file is already whole
-            total = (exc.headers.get("Content-Range") or "").rsplit("/", 1)[-1]
-            return (int(total) if total.isdigit() else start), _hub_sha256([*recorder.headers, exc.headers])
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"cannot reach {url} ({reason})") from exc
-    with resp:
-        seen = [*recorder.headers, resp.headers]
-        if start and resp.status != 206:  # the server ignored Range: start over
-            start = 0
-        total = _total_size(resp, start, seen)
-        with open(part, "ab" if start else "wb") as f, _progress(progress) as bar:
-            job = bar.add_task(Path(part.name[: -len(".part")]).name, total=total, completed=start)
-            while block := resp.read(CHUNK):
-                f.write(block)
-                bar.advance(job, len(block))
-        return total, _hub_sha256(seen)
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            enable_progress_bars()
 
 
-def fetch(
-    url: str,
-    dest: str | os.PathLike[str],
-    sha256: str | None = None,
+def _describe_hub_error(exc: Exception, repo: str, filename: str, endpoint: str, command: str) -> str:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo}/{filename}"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)) and is_offline():
+        return (
+            f"offline (HF_HUB_OFFLINE is set) and {where} is not in the Hugging Face cache "
+            f"({hf_cache_dir()}); on a machine with network, unset HF_HUB_OFFLINE and run: {command}"
+        )
+    not_there = (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError)
+    if isinstance(exc, not_there):
+        return f"{endpoint} has no {where} ({first}); check HF_ENDPOINT and the config's repo/file"
+    if isinstance(exc, LocalEntryNotFoundError):
+        cause = exc.__cause__ or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        fix = f"check the network or HF_ENDPOINT, then run: {command}"
+        return f"cannot reach {endpoint} for {where} ({reason}); {fix}"
+    if isinstance(exc, HfHubHTTPError):
+        return f"{endpoint}: {where}: {first}"
+    if "Consistency check failed" in first:
+        detail = first.removeprefix("Consistency check failed: ")
+        return f"{where}: {detail}; nothing was kept, run again: {command}"
+    return f"{where}: {type(exc).__name__}: {first}; run again: {command}"
+
+
+def hub_download(
+    repo: str,
+    filename: str,
+    command: str,
+    local_dir: Path | None = None,
+    endpoint: str | None = None,
+    force: bool = False,
     progress: bool = True,
-    timeout: float = 30.0,
-    retries: int = 3,
-) -> Path:
-    """Download `url` to `dest` (resuming `dest.part`), check size and checksum, rename into place.
+) -> tuple[Path, int | None, bool]:
+    """(path, size the hub reports, whether this call transferred it) of one hub file.
 
-    An existing `dest` is trusted when no checksum is given, so a run with its files in place never
-    touches the network. A dropped connection is resumed up to `retries` times; a checksum mismatch
-    deletes the partial file (it cannot be repaired by resuming) and raises.
+    Offline, only the cache is consulted. Online, a metadata request (``dry_run``) first gives the
+    hub's size, which the caller checks the file against, and whether the file is cached already.
     """
-    dest = Path(dest)
-    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256.lower()):
-        return dest
-    if is_offline():
-        raise DownloadError(f"offline (ADAPT_OFFLINE/HF_HUB_OFFLINE is set): cannot fetch {url}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
-        try:
-            total, hub_sha = _attempt(url, part, timeout, progress)
-        except (OSError, http.client.HTTPException) as exc:  # connection lost mid-stream
-            if attempt == retries:
-                raise DownloadError(f"{url}: connection lost ({exc}); run again to resume {part}") from exc
-            time.sleep(min(2**attempt, 10) * 0.1)
-            continue
-        size = part.stat().st_size
-        if total is not None and size < total and attempt < retries:
-            continue  # the stream ended early; resume from where it stopped
-        if total is not None and size != total:
-            raise DownloadError(f"{url}: got {size} of {total} bytes; run again to resume {part}")
-        expected = (sha256 or hub_sha or "").lower() or None
-        if expected is not None and (actual := sha256_of(part)) != expected:
-            part.unlink()
-            raise DownloadError(
-                f"{url}: SHA-256 {actual} does not match {expected}; the partial file was deleted"
-            )
-        os.replace(part, dest)
-        return dest
-    raise DownloadError(f"{url}: download did not complete; run again to resume {part}")  # pragma: no cover
+    from huggingface_hub import hf_hub_download
+
+    endpoint = hub_endpoint(endpoint)
+    shown = endpoint or _default_endpoint()
+    offline = is_offline()
+    kwargs: dict[str, Any] = {
+        "repo_id": repo,
+        "filename": filename,
+        "local_dir": local_dir,
+        "endpoint": endpoint,
+        "library_name": "adapt",
+        "library_version": adapt.__version__,
+    }
+    try:
+        if offline:
+            return Path(hf_hub_download(**kwargs, local_files_only=True)), None, False
+        info = hf_hub_download(**kwargs, force_download=force, dry_run=True)
+        with _progress_bars(progress):
+            path = hf_hub_download(**kwargs, force_download=force)
+    except DownloadError:
+        raise
+    except Exception as exc:  # huggingface_hub and its HTTP client raise many types
+        raise DownloadError(_describe_hub_error(exc, repo, filename, shown, command)) from None
+    return Path(path), info.file_size, bool(info.will_download)
+
+
+def _default_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +258,7 @@ def extract_zip(archive: Path, target_root: Path, name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# Tasks and models
+# Datasets
 
 
 def _as_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
@@ -353,51 +334,169 @@ def require_dataset(
 
 def fetch_dataset(
     task_cfg: Mapping[str, Any] | DictConfig,
-    hub: str | None = None,
+    endpoint: str | None = None,
     progress: bool = True,
     keep_zip: bool = False,
     force: bool = False,
 ) -> Path:
-    """Download and unpack a hub dataset (task config keys `hub_file`, `download_dir`, `data_root`)."""
+    """Download and unpack a hub dataset (task config keys `hub_repo`, `hub_file`, `download_dir`)."""
     c = _as_dict(task_cfg)
-    if not c.get("hub_file"):
-        raise DownloadError(f"task {c.get('id')}: not a hub dataset (no hub_file); nothing to download")
+    if not c.get("hub_file") or not c.get("hub_repo"):
+        raise DownloadError(
+            f"task {c.get('id')}: not a hub dataset (no hub_repo/hub_file); nothing to download"
+        )
     data_root = data_path(c["data_root"])
     if not force and not missing_files(c):
         return data_root
     download_dir = data_path(c["download_dir"])
-    archive_name = Path(c["hub_file"]).name
-    archive = fetch(file_url(c["hub_file"], hub=hub), download_dir / archive_name, progress=progress)
-    extract_zip(archive, download_dir, Path(archive_name).stem)
+    name = Path(c["hub_file"]).stem
+    staging = download_dir / f".{name}.hub"
+    command = fetch_command(c) or f"python -m adapt.download {c.get('id')}"
+    archive, _, _ = hub_download(
+        str(c["hub_repo"]), str(c["hub_file"]), command, staging, endpoint, force, progress
+    )
+    extract_zip(archive, download_dir, name)
     if not keep_zip:
-        archive.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # the zip and huggingface_hub's notes about it
     return data_root
 
 
-def checkpoint_path(
-    model_cfg: Mapping[str, Any] | DictConfig, cache: str | os.PathLike[str] | None = None
-) -> Path | None:
-    """Where a model's official checkpoint lives in the cache; None when the model has none."""
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoint_spec(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any] | None:
     ckpt = _as_dict(model_cfg).get("checkpoint") or {}
-    if not ckpt.get("file"):
+    return ckpt if ckpt.get("file") else None
+
+
+def checkpoint_command(model_cfg: Mapping[str, Any] | DictConfig) -> str:
+    """The command that fetches (or repairs) a model's checkpoint."""
+    c = _as_dict(model_cfg)
+    return f"python -m adapt.download {c.get('name') or c['checkpoint']['file']}"
+
+
+def checkpoint_path(model_cfg: Mapping[str, Any] | DictConfig) -> Path | None:
+    """The model's checkpoint in the HF cache, or None (no official weights, or not fetched yet)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    ckpt = _checkpoint_spec(model_cfg)
+    if ckpt is None:
         return None
-    return cache_dir(cache) / "checkpoints" / str(ckpt["file"])
+    found = try_to_load_from_cache(str(ckpt["repo"]), str(ckpt["file"]), revision=ckpt.get("revision"))
+    return Path(found) if isinstance(found, str) else None
+
+
+def _ledger_path(cache: str | os.PathLike[str] | None) -> Path:
+    return cache_dir(cache) / LEDGER
+
+
+def _read_ledger(cache: str | os.PathLike[str] | None) -> dict[str, dict[str, Any]]:
+    import json
+
+    try:
+        data = json.loads(_ledger_path(cache).read_text())
+    except (OSError, ValueError):
+        return {}  # no ledger yet, or an unreadable one: every file is verified afresh
+    return data if isinstance(data, dict) else {}
+
+
+def verify_checkpoint(
+    path: str | os.PathLike[str],
+    ckpt: Mapping[str, Any],
+    cache: str | os.PathLike[str] | None = None,
+    hub_size: int | None = None,
+    full: bool = False,
+) -> str:
+    """Check a checkpoint file and return its SHA-256; DownloadError says what is wrong with it.
+
+    The hash is computed when the ledger has no record of the file or its size/mtime changed, or
+    with ``full``; otherwise the recorded one is used, so a run start does not re-read gigabytes.
+    """
+    from adapt.model.checkpoint import describe_bad_file
+
+    path = Path(path)
+    problem = describe_bad_file(path)
+    if problem is not None:
+        raise DownloadError(f"{path} is {problem}")
+    real = Path(os.path.realpath(path))
+    stat = real.stat()
+    ledger = _read_ledger(cache)
+    entry = ledger.get(str(real)) or {}
+    name = ckpt.get("file")
+    sizes = (
+        ("the hub reports", hub_size),
+        (f"the config pins ({name}: checkpoint.size)", ckpt.get("size")),
+        ("was recorded when it was first verified", entry.get("size")),
+    )
+    for what, expected in sizes:
+        if expected is not None and stat.st_size != int(expected):
+            raise DownloadError(f"{path} has {stat.st_size} bytes but {expected} {what}")
+    unchanged = entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+    digest = entry["sha256"] if unchanged and not full and entry.get("sha256") else sha256_of(real)
+    etag = real.name if real.parent.name == "blobs" and SHA256.match(real.name) else None
+    hashes = (
+        (f"the config pins ({name}: checkpoint.sha256)", (ckpt.get("sha256") or "").lower() or None),
+        ("the hub's ETag says", etag),
+        ("was recorded when it was first verified", entry.get("sha256")),
+    )
+    for what, expected in hashes:
+        if expected is not None and digest != expected:
+            raise DownloadError(f"{path} has SHA-256 {digest} but {expected} {what}")
+    ledger[str(real)] = {
+        "file": name,
+        "repo": ckpt.get("repo"),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": digest,
+        "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        write_json(ledger, _ledger_path(cache))
+    except OSError as exc:  # a read-only cache still verifies, it just cannot remember
+        log.warning("cannot record the verified checkpoint in %s: %s", _ledger_path(cache), exc)
+    return digest
+
+
+def _remove_cached(path: Path) -> None:
+    """Take a bad file out of the HF cache (snapshot link and blob), so nothing looks complete."""
+    real = Path(os.path.realpath(path))
+    path.unlink(missing_ok=True)
+    real.unlink(missing_ok=True)
 
 
 def fetch_checkpoint(
     model_cfg: Mapping[str, Any] | DictConfig,
     cache: str | os.PathLike[str] | None = None,
-    hub: str | None = None,
+    endpoint: str | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path | None:
-    """Download a model's checkpoint (keys `checkpoint.file`, `checkpoint.url`, `checkpoint.sha256`)."""
-    ckpt = _as_dict(model_cfg).get("checkpoint") or {}
-    dest = checkpoint_path(model_cfg, cache)
-    if dest is None:
+    """Fetch a model's checkpoint into the HF cache and verify it fully (config key `checkpoint`).
+
+    A cached copy that fails verification is fetched again once; a fresh download that fails
+    is removed from the cache before the error is raised.
+    """
+    ckpt = _checkpoint_spec(model_cfg)
+    if ckpt is None:
         return None
-    return fetch(
-        file_url(str(ckpt["file"]), ckpt.get("url"), hub), dest, sha256=ckpt.get("sha256"), progress=progress
-    )
+    command = checkpoint_command(model_cfg)
+    repo, filename = str(ckpt["repo"]), str(ckpt["file"])
+    for again in (False, True):
+        path, hub_size, fresh = hub_download(
+            repo, filename, command, None, endpoint, force or again, progress
+        )
+        try:
+            verify_checkpoint(path, ckpt, cache, hub_size, full=True)
+            return path
+        except DownloadError as exc:
+            if fresh:
+                _remove_cached(path)
+                raise DownloadError(f"{exc}; it was removed from the Hugging Face cache") from None
+            if is_offline():
+                raise DownloadError(f"{exc}; with network, {command} fetches it again") from None
+            log.warning("%s; fetching it again", exc)
+    raise AssertionError("unreachable")  # pragma: no cover - the forced attempt is always fresh
 
 
 def require_checkpoint(
@@ -406,22 +505,29 @@ def require_checkpoint(
     download: bool = False,
     progress: bool = True,
 ) -> Path | None:
-    """The model's checkpoint path (None: no official weights), or MissingDataError with the fix."""
+    """The model's verified checkpoint (None: no official weights), or MissingDataError with the fix."""
     c = _as_dict(model_cfg)
-    dest = checkpoint_path(c, cache)
-    if dest is None or dest.is_file():
-        return dest
+    ckpt = _checkpoint_spec(c)
+    if ckpt is None:
+        return None
+    command = checkpoint_command(c)
+    path = checkpoint_path(c)
     reason = ""
+    if path is not None:
+        try:
+            verify_checkpoint(path, ckpt, cache)
+            return path
+        except DownloadError as exc:
+            reason = f" ({exc})"
     if download:
         try:
             return fetch_checkpoint(c, cache, progress=progress)
         except DownloadError as exc:
             reason = f" (download failed: {exc})"
-    command = f"python -m adapt.download {c.get('name') or c['checkpoint']['file']}"
-    if cache is not None and cache_dir(cache) != cache_dir():
-        command += f" --cache-dir '{cache}'"
+    what = "unusable checkpoint" if path is not None and not download else "missing checkpoint"
     raise MissingDataError(
-        f"model {c.get('name')}: missing checkpoint{reason}:\n  {dest}\nFetch it with:\n  {command}"
+        f"model {c.get('name')}: {what}{reason}:\n  {ckpt['repo']}/{ckpt['file']} in the Hugging Face cache "
+        f"{hf_cache_dir()}\nFetch it with:\n  {command}"
     )
 
 
@@ -445,11 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m adapt.download", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="+", help="odinw/<task>, odinw/all, or a model name (conf/model/)")
-    parser.add_argument("--cache-dir", help="cache root (default: $ADAPT_CACHE or ~/.cache/adapt)")
+    parser.add_argument("--cache-dir", help="adapt's cache root (default: $ADAPT_CACHE or ~/.cache/adapt)")
     parser.add_argument("--data-dir", help="where ODinW is unpacked (default: <cache>/datasets/odinw)")
-    parser.add_argument("--hub-url", help=f"hub base URL (default: $ADAPT_HUB_URL or {DEFAULT_HUB_URL})")
+    parser.add_argument("--endpoint", help="hub endpoint (default: $HF_ENDPOINT or https://huggingface.co)")
     parser.add_argument("--keep-zip", action="store_true", help="keep the downloaded archives")
-    parser.add_argument("--force", action="store_true", help="download again even if the data is present")
+    parser.add_argument("--force", action="store_true", help="download again even if the file is present")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     names: list[str] = []
@@ -464,12 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [*overrides, f"task.download_dir={args.data_dir}"] if args.data_dir else overrides
                 )
                 cfg = load_config("task", name, task_overrides)
-                root = fetch_dataset(cfg, args.hub_url, not args.no_progress, args.keep_zip, args.force)
+                root = fetch_dataset(cfg, args.endpoint, not args.no_progress, args.keep_zip, args.force)
                 require_dataset(cfg)
                 print(f"{name}: {root}")
             elif name in model_names():
                 cfg = model_config(name)
-                path = fetch_checkpoint(cfg, args.cache_dir, args.hub_url, not args.no_progress)
+                path = fetch_checkpoint(cfg, args.cache_dir, args.endpoint, not args.no_progress, args.force)
                 print(f"{name}: {path if path else 'no official checkpoint; nothing to download'}")
             else:
                 models = model_names()
