@@ -263,3 +263,117 @@ def test_convert_cli(tmp_path: Path, official_sd: dict, capsys):
     assert main([str(bad), str(tmp_path / "bad.safetensors"), "--model", "glip_mini"]) == 1
     assert "rpn.head.extra" in capsys.readouterr().out
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# release files: extra entries, numpy scalars, unsafe globals
+
+
+def _numpy1_pickle_module():
+    """A pickle module that writes numpy scalars as numpy 1 did (``numpy.core.multiarray.scalar``)."""
+    import pickle
+    import types
+
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar
+
+    class Pickler(pickle._Pickler):
+        def save_global(self, obj, name=None):
+            if obj is scalar:
+                self.write(pickle.GLOBAL + b"numpy.core.multiarray\nscalar\n")
+                self.memoize(obj)
+                return
+            super().save_global(obj, name)
+
+    return types.SimpleNamespace(Pickler=Pickler, __name__="numpy1_pickle")
+
+
+def release_like(official_sd: dict, optimizer_of: dict) -> dict:
+    """The layout of maskrcnn_benchmark's Checkpointer.save under DDP, with numpy counters."""
+    import numpy as np
+
+    return {
+        "model": {f"module.{k}": v for k, v in official_sd.items()},
+        "optimizer": {
+            "state": {
+                i: {"momentum_buffer": torch.randn(v.shape)} for i, v in enumerate(optimizer_of.values())
+            },
+            "param_groups": [
+                {"lr": np.float64(1e-4), "momentum": 0.9, "params": list(range(len(optimizer_of)))}
+            ],
+        },
+        "scheduler": {"milestones": [67000, 80000], "gamma": 0.1, "last_epoch": np.int64(90000)},
+        "iteration": np.int64(90000),
+    }
+
+
+@pytest.mark.parametrize("numpy_pickle", ["numpy2", "numpy1"])
+def test_release_like_checkpoint_loads_with_weights_only_and_mmap(
+    mini: GLIP, official_sd: dict, tmp_path: Path, monkeypatch, numpy_pickle: str
+):
+    path = tmp_path / "model_final.pth"
+    obj = release_like(official_sd, {k: official_sd[k] for k in list(official_sd)[:5]})
+    kwargs = {"pickle_module": _numpy1_pickle_module()} if numpy_pickle == "numpy1" else {}
+    torch.save(obj, path, **kwargs)
+    globals_named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    scalar = "numpy.core.multiarray.scalar" if numpy_pickle == "numpy1" else "numpy._core.multiarray.scalar"
+    assert scalar in globals_named and "numpy.dtype" in globals_named
+    calls: list[dict] = []
+    real_load = torch.load
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real_load(*args, **kw)
+
+    monkeypatch.setattr(torch, "load", spy)
+    report = load_checkpoint(mini, path, strict=True)
+    assert report.ok, str(report)
+    assert calls == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
+    assert torch.equal(mini.head.bias0, official_sd["rpn.head.bias0"])
+    assert torch.equal(mini.head.bbox_pred.weight, official_sd["rpn.head.bbox_pred.weight"])
+
+
+def test_unsafe_global_names_it_and_the_conversion_that_works(official_sd: dict, tmp_path: Path):
+    import numpy as np
+
+    path = tmp_path / "with_arrays.pth"
+    torch.save({"model": official_sd, "anchors_np": np.zeros((2, 2))}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_glip(config("glip_mini"), seed=1), path)
+    message = str(info.value)
+    assert "numpy.ndarray" in message and str(path) in message
+    assert "python -m adapt.convert" in message and "weights_only" not in message
+    # The suggested command converts the trusted file once; the result needs no pickle at all.
+    from adapt.convert import main
+
+    flags = re.findall(r"--allow-global (\S+)", message)
+    target = tmp_path / "with_arrays.safetensors"
+    assert (
+        main([str(path), str(target), "--model", "glip_mini", *[f"--allow-global={g}" for g in flags]]) == 0
+    )
+    model = build_glip(read_config(target), seed=2)
+    assert load_checkpoint(model, target, strict=True).ok
+    assert torch.equal(model.head.bias0, official_sd["rpn.head.bias0"])
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"<!DOCTYPE html><html>40</html>\n", "an HTML page (31 bytes), not a checkpoint"),
+        ("truncated", "a truncated torch archive"),
+        (b"", "an empty file (0 bytes)"),
+    ],
+)
+def test_bad_checkpoint_files_say_what_they_are_and_how_to_fetch_again(tmp_path: Path, content, said):
+    # Named like glip_t's release file, so the fix is the download command.
+    path = tmp_path / "glip_tiny_model_o365_goldg_cc_sbu.pth"
+    if content == "truncated":
+        content = (FIXTURE / "mini_glip.pth").read_bytes()[:20000]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_glip(config("glip_mini"), seed=1), path)
+    message = str(info.value)
+    assert str(path) in message and said in message
+    assert "fetch a good copy with: python -m adapt.download glip_t" in message
+    assert "weights_only" not in message
