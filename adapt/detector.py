@@ -88,7 +88,7 @@ class Detector:
         """Build from a model name (``conf/model/``), a GLIPConfig or an ``arch`` dict.
 
         ``checkpoint``: an official ``.pth`` or an adapt ``.safetensors``. Without one, a named
-        model's official checkpoint is taken from the adapt cache (``download=True`` fetches it);
+        model's official checkpoint is taken from the Hugging Face cache (``download=True`` fetches it);
         a model with no released weights (glip_mini) or a bare config gets seeded random weights.
         """
         official: dict[str, Any] | None = None

@@ -167,7 +167,7 @@ def _describe_hub_error(exc: Exception, repo: str, filename: str, endpoint: str,
     if isinstance(exc, HfHubHTTPError):
         return f"{endpoint}: {where}: {first}"
     if "Consistency check failed" in first:
-        detail = first.removeprefix("Consistency check failed: ")
+        detail = first.removeprefix("Consistency check failed: ").rstrip(".")
         return f"{where}: {detail}; nothing was kept, run again: {command}"
     return f"{where}: {type(exc).__name__}: {first}; run again: {command}"
 
@@ -180,6 +180,7 @@ def hub_download(
     endpoint: str | None = None,
     force: bool = False,
     progress: bool = True,
+    revision: str | None = None,
 ) -> tuple[Path, int | None, bool]:
     """(path, size the hub reports, whether this call transferred it) of one hub file.
 
@@ -194,6 +195,7 @@ def hub_download(
     kwargs: dict[str, Any] = {
         "repo_id": repo,
         "filename": filename,
+        "revision": revision,
         "local_dir": local_dir,
         "endpoint": endpoint,
         "library_name": "adapt",
@@ -352,12 +354,14 @@ def fetch_dataset(
     name = Path(c["hub_file"]).stem
     staging = download_dir / f".{name}.hub"
     command = fetch_command(c) or f"python -m adapt.download {c.get('id')}"
-    archive, _, _ = hub_download(
-        str(c["hub_repo"]), str(c["hub_file"]), command, staging, endpoint, force, progress
-    )
-    extract_zip(archive, download_dir, name)
-    if not keep_zip:
-        shutil.rmtree(staging, ignore_errors=True)  # the zip and huggingface_hub's notes about it
+    try:
+        archive, _, _ = hub_download(
+            str(c["hub_repo"]), str(c["hub_file"]), command, staging, endpoint, force, progress
+        )
+        extract_zip(archive, download_dir, name)
+    finally:
+        if not keep_zip:  # the zip and huggingface_hub's notes about it, also after a failure
+            shutil.rmtree(staging, ignore_errors=True)
     return data_root
 
 
