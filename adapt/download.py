@@ -488,7 +488,7 @@ def fetch_checkpoint(
     repo, filename = str(ckpt["repo"]), str(ckpt["file"])
     for again in (False, True):
         path, hub_size, fresh = hub_download(
-            repo, filename, command, None, endpoint, force or again, progress
+            repo, filename, command, None, endpoint, force or again, progress, ckpt.get("revision")
         )
         try:
             verify_checkpoint(path, ckpt, cache, hub_size, full=True)
