@@ -71,12 +71,15 @@ def make(model_name: str, path: Path, optimizer_buffers: int = 0) -> int:
     model = build_glip(GLIPConfig.from_dict(model_config(model_name)["arch"]), seed=0)
     sd = {f"module.{k}": v for k, v in official_state_dict(model).items()}
     del model
+    state = {
+        i: {f"buffer{b}": torch.randn(v.shape) for b in range(optimizer_buffers)}
+        for i, v in enumerate(sd.values())
+        if v.is_floating_point() and optimizer_buffers
+    }
+    group = {"lr": np.float64(1e-4), "params": list(range(len(sd)))}
     release = {
         "model": sd,
-        "optimizer": {
-            "state": {},
-            "param_groups": [{"lr": np.float64(1e-4), "params": list(range(len(sd)))}],
-        },
+        "optimizer": {"state": state, "param_groups": [group]},
         "scheduler": {"milestones": [67000, 80000], "gamma": 0.1, "last_epoch": np.int64(90000)},
         "iteration": np.int64(90000),
     }
