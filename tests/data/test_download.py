@@ -161,7 +161,6 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("ADAPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
     _offline(monkeypatch, False)
     yield server
     watchdog.cancel()
