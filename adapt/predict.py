@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threshold", type=float, default=0.3, help="score threshold for drawing (default 0.3)"
     )
-    for flag, (section, key, kind, what) in SETTINGS.items():
+    for flag, (_, _, kind, what) in SETTINGS.items():
         parser.add_argument(flag, type=kind, help=f"{what} (default: the export's, else the model's)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

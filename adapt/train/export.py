@@ -208,8 +208,9 @@ class Export:
         if file is None:
             if checkpoint is not None:
                 raise ExportError(
-                    f"{where}: trained on {self.base_name}'s random init (seed {ck.get('random_init_seed')}), "
-                    f"not on {checkpoint}; drop the checkpoint to use the weights it was trained on"
+                    f"{where}: trained on {self.base_name}'s random init (seed "
+                    f"{ck.get('random_init_seed')}), not on {checkpoint}; drop the checkpoint to use the "
+                    "weights it was trained on"
                 )
             return None
         if checkpoint is None:
@@ -449,19 +450,22 @@ def _read_tensors(path: Path, recorded: Mapping[str, Any] | None, where: Path) -
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) on damage
         raise ExportError(
-            f"{path}: not a readable safetensors file ({exc}); it is truncated or damaged, copy the export again"
+            f"{path}: not a readable safetensors file ({exc}); it is truncated or damaged, "
+            "copy the export again"
         ) from exc
     if recorded is None:
         return tensors
     missing, extra = sorted(set(recorded) - set(tensors)), sorted(set(tensors) - set(recorded))
     if missing or extra:
         raise ExportError(
-            f"{path}: tensors differ from those {where.name} records (missing {missing[:3]}, unexpected {extra[:3]})"
+            f"{path}: tensors differ from those {where.name} records "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
         )
     for name, shape in recorded.items():
         if list(tensors[name].shape) != list(shape):
             raise ExportError(
-                f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, but {where.name} records {list(shape)}"
+                f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
+                f"but {where.name} records {list(shape)}"
             )
     return tensors
 
@@ -484,7 +488,8 @@ def load_export(path: str | os.PathLike[str]) -> Export:
     version = config.get("version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ExportError(
-            f"{meta_path}: export format version {version!r} is not one this adapt reads (1..{FORMAT_VERSION})"
+            f"{meta_path}: export format version {version!r} is not one this adapt reads "
+            f"(1..{FORMAT_VERSION})"
         )
     tensors = _read_tensors(tensors_path, config.get("tensors"), meta_path)
     return Export(config=config, tensors=tensors, folder=folder, peft_config=peft_config)

@@ -105,7 +105,7 @@ def test_prompt_export_detects_identically_with_the_language_backbone_removed(tm
 
 def test_linear_and_lora_exports_hold_only_the_trained_tensors_and_reload(tmp_path):
     for mode in ("linear", "lora"):
-        model, state = _trained(mode)
+        _, state = _trained(mode)
         out = make_export(tmp_path / mode, mode)
         artifact = load_export(out)
         if mode == "linear":
