@@ -148,7 +148,9 @@ class Detector:
         official = model_config(name) if name in model_names() else None
         if model is not None and official is None:
             raise ValueError(f"unknown model config {model!r}; known: {model_names()}")
-        cfg = artifact.glip_config(official["arch"] if model is not None and official else None)
+        # The recorded architecture, unless another model is named (or a format-1 export has none).
+        replace = official is not None and (model is not None or "arch" not in artifact.config)
+        cfg = artifact.glip_config(official["arch"] if replace else None)  # type: ignore[index]
         weights = artifact.base_weights(checkpoint, official, download=download)
         seed = artifact.random_init_seed
         glip = build_glip(cfg, seed=seed if seed is not None else 0)

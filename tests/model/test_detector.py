@@ -221,3 +221,16 @@ def test_an_export_of_the_random_init_is_rebuilt_from_its_seed_and_refuses_a_che
         assert torch.equal(value, params[name]), name
     with pytest.raises(ExportError, match=r"random init \(seed 0\), not on .*mini_glip.pth"):
         Detector.from_export(out, checkpoint=FIXTURE / "mini_glip.pth")
+
+
+def test_a_format_1_export_loads_at_the_model_configs_sizes_with_a_warning(tmp_path: Path):
+    import json
+
+    out = _export(tmp_path, None)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["version"] = 1
+    del config["arch"]
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="records no test-time input sizes"):
+        tuned = Detector.from_export(out)
+    assert tuned.model.cfg.input.min_size_test == model_config("glip_mini")["arch"]["input"]["min_size_test"]
