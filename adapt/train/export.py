@@ -99,10 +99,6 @@ def _json_bytes(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _short(sha: str | None) -> str:
-    return sha if sha is None else sha[:16]
-
-
 @dataclass
 class Export:
     """A loaded artifact: adapt's metadata, its tensors and (LoRA) peft's adapter config."""
