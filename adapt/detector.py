@@ -26,7 +26,7 @@ from torch import Tensor
 from adapt.data.io import read_image
 from adapt.data.transforms import Resize, ToTensor, resize_boxes
 from adapt.model.checkpoint import LoadReport, load_checkpoint, read_config
-from adapt.model.config import GLIPConfig, model_config
+from adapt.model.config import GLIPConfig, model_config, model_names
 from adapt.model.glip import GLIP, build_glip
 from adapt.model.language import TextFeatures
 from adapt.model.preprocess import batch_images
@@ -73,8 +73,10 @@ class Detector:
         self.load_report: LoadReport | None = None
         # A prompt-tuning artifact: its stored embeddings replace the text encoder (see from_export).
         self.prompt: Export | None = None
-        # What predict() detects when given no classes: the classes an exported run was trained on.
+        # What predict() detects when given no classes: the classes an exported run was trained on,
+        # with the run's own caption (a linear, LoRA or full export; a prompt export stores its text).
         self.default_classes: list[str] = []
+        self.default_prompt: EncodedPrompt | None = None
 
     @classmethod
     def from_config(
@@ -129,23 +131,40 @@ class Detector:
         checkpoint: str | Path | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 4,
+        download: bool = False,
     ) -> Detector:
         """The base model a training run adapted, plus what the run exported (``<run>/export``).
 
-        A prompt-tuning artifact carries its prompt embeddings, so the text encoder is dropped and
-        ``predict()`` without classes detects the artifact's classes; linear-probe and LoRA
-        artifacts are loaded onto the model, which then takes classes as usual.
+        The detector is the run's own: the recorded base weights (the official checkpoint from the
+        adapt cache, ``download=True`` fetches it; or ``checkpoint``, which must have the recorded
+        SHA-256, else ExportError names the expected hash), the recorded architecture with the run's
+        test-time input sizes and inference settings, and the run's caption. A prompt-tuning
+        artifact carries its prompt embeddings, so the text encoder is dropped; ``predict()`` without
+        classes detects the run's classes with the run's caption in every mode, so it reproduces the
+        run's test detections. ``model`` names another model config of the same architecture.
         """
         artifact = load_export(path)
-        name = model or artifact.config["base_model"]["name"]
-        detector = cls.from_config(name, checkpoint=checkpoint, device=device, batch_size=batch_size)
-        artifact.check_model(detector.model)
+        name = model or artifact.base_name
+        official = model_config(name) if name in model_names() else None
+        if model is not None and official is None:
+            raise ValueError(f"unknown model config {model!r}; known: {model_names()}")
+        # The recorded architecture, unless another model is named (or a format-1 export has none).
+        replace = official is not None and (model is not None or "arch" not in artifact.config)
+        cfg = artifact.glip_config(official["arch"] if replace else None)  # type: ignore[index]
+        weights = artifact.base_weights(checkpoint, official, download=download)
+        seed = artifact.random_init_seed
+        glip = build_glip(cfg, seed=seed if seed is not None else 0)
+        report = load_checkpoint(glip, weights) if weights is not None else None
+        artifact.check_model(glip)
+        detector = cls(glip, device=device, batch_size=batch_size)
+        detector.load_report = report
         detector.default_classes = list(artifact.class_names)
         if artifact.mode == "prompt":
             detector.model.language_backbone = None  # type: ignore[assignment]  # embeddings are stored
             detector.prompt = artifact
         else:
             artifact.apply(detector.model)
+            detector.default_prompt = artifact.encoded_prompt()
         return detector
 
     # ----------------------------------------------------------------------------------------------
@@ -243,6 +262,8 @@ class Detector:
         self, classes: Sequence[str] | None, caption: str | None, phrases: Sequence[str] | None
     ) -> list[_Query]:
         """One query per forward pass: a prompt chunk, a caption, or the loaded prompt artifact."""
+        if classes is None and caption is None and self.prompt is None and self.default_prompt is not None:
+            return [self._text_query(self.default_prompt)]
         if classes is None and caption is None and self.prompt is None:
             classes = self.default_classes or None
         if classes is None and caption is None and self.prompt is not None:
@@ -256,17 +277,17 @@ class Detector:
             ]
         if self.model.language_backbone is None:
             raise ValueError("a prompt artifact replaced the text encoder: call predict without classes")
-        return [
-            _Query(
-                dict(zip(p.labels, p.class_names, strict=True)),
-                p.label_to_tokens,
-                lambda n, p=p: self.model.encode_text(
-                    p.input_ids[None].expand(n, -1).to(self.device),
-                    p.attention_mask[None].expand(n, -1).to(self.device),
-                ),
-            )
-            for p in self.encode(classes, caption, phrases)
-        ]
+        return [self._text_query(p) for p in self.encode(classes, caption, phrases)]
+
+    def _text_query(self, p: EncodedPrompt) -> _Query:
+        return _Query(
+            dict(zip(p.labels, p.class_names, strict=True)),
+            p.label_to_tokens,
+            lambda n: self.model.encode_text(
+                p.input_ids[None].expand(n, -1).to(self.device),
+                p.attention_mask[None].expand(n, -1).to(self.device),
+            ),
+        )
 
     def _merge(
         self,

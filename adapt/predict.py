@@ -4,10 +4,13 @@ Detects classes in images and writes ``<out>/detections.json`` (a COCO file: ima
 one annotation per detection with its ``score``, boxes in original pixels, xywh with GLIP's +1
 convention) and one ``<out>/<image>.jpg`` per input with the boxes drawn.
 
-``--prompt`` takes an artifact exported by a training run (``<run>/export``). A prompt-tuning
-artifact carries its prompt embeddings, so detection runs *without* the text encoder (it is
-removed from the model after loading); a linear-probe or LoRA artifact is loaded onto the model
-and detects the classes it was trained on (or ``--classes``).
+``--prompt`` takes an artifact exported by a training run (``<run>/export``) and, with no other
+flag, reproduces the run's test detections: it loads the base weights the run trained on (checked
+by SHA-256; other weights are refused with the expected hash), and uses the run's test-time input
+sizes, inference settings and caption. A prompt-tuning artifact carries its prompt embeddings, so
+detection runs *without* the text encoder (it is removed from the model after loading); a
+linear-probe, LoRA or full artifact is loaded onto the model and detects the classes it was trained
+on (or ``--classes``). Size and inference flags still override what the export records, with a note.
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ def to_coco(
                     "id": len(coco["annotations"]) + 1,
                     "image_id": image_id,
                     "category_id": int(label),
-                    "bbox": [round(x1, 2), round(y1, 2), round(bw, 2), round(bh, 2)],
-                    "area": round(bw * bh, 2),
-                    "score": round(float(score), 5),
+                    # As adapt.evaluate writes a run's detections, so the two files compare exactly.
+                    "bbox": [round(x1, 3), round(y1, 3), round(bw, 3), round(bh, 3)],
+                    "area": round(bw * bh, 3),
+                    "score": float(score),
                     "iscrowd": 0,
                 }
             )
@@ -75,6 +79,34 @@ def draw(path: str | Path, result: Detections, out: Path, threshold: float) -> P
     return target
 
 
+# Flags that override the model's test-time input sizes and inference settings (GLIPConfig sections).
+SETTINGS: dict[str, tuple[str, str, type, str]] = {
+    "--min-size": ("input", "min_size_test", int, "short side of the resized image"),
+    "--max-size": ("input", "max_size_test", int, "long-side cap of the resized image"),
+    "--score-threshold": ("inference", "score_threshold", float, "minimum detection score"),
+    "--pre-nms-top-n": ("inference", "pre_nms_top_n", int, "candidates per level before NMS"),
+    "--nms-threshold": ("inference", "nms_threshold", float, "IoU of class-wise NMS"),
+    "--detections-per-image": ("inference", "detections_per_image", int, "detections kept per image"),
+}
+
+
+def override_settings(detector: Detector, args: argparse.Namespace, from_export: bool) -> None:
+    """Apply the size and inference flags; over an export's recorded value, say so (detections then
+    differ from the run's)."""
+    for flag, (section, key, _, _) in SETTINGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is None:
+            continue
+        node = getattr(detector.model.cfg, section)
+        if from_export and value != getattr(node, key):
+            print(
+                f"adapt.predict: note: {flag} {value} replaces the export's {key}={getattr(node, key)}; "
+                "detections will differ from the run's",
+                file=sys.stderr,
+            )
+        setattr(node, key, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adapt.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files")
@@ -89,10 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threshold", type=float, default=0.3, help="score threshold for drawing (default 0.3)"
     )
-    parser.add_argument("--min-size", type=int, help="short side of the resized image (default: the model's)")
-    parser.add_argument(
-        "--max-size", type=int, help="long-side cap of the resized image (default: the model's)"
-    )
+    for flag, (_, _, kind, what) in SETTINGS.items():
+        parser.add_argument(flag, type=kind, help=f"{what} (default: the export's, else the model's)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -103,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             detector = Detector.from_export(args.prompt, args.model, args.checkpoint, args.device)
         else:
             detector = Detector.from_config(args.model or "glip_t", args.checkpoint, args.device)
-        inp = detector.model.cfg.input
-        inp.min_size_test = args.min_size or inp.min_size_test
-        inp.max_size_test = args.max_size or inp.max_size_test
+        override_settings(detector, args, from_export=bool(args.prompt))
         results = detector.predict(args.images, classes=classes, batch_size=args.batch_size)
         names = classes or detector.default_classes
     except (ValueError, FileNotFoundError, OSError) as exc:

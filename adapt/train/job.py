@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from adapt import sweep
+from adapt.atomic import write_json
 from adapt.data import build_task
 from adapt.download import require_checkpoint, require_dataset, sha256_of
 from adapt.evaluate import detections_to_coco, evaluate
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 LAST_CKPT = "last.ckpt"
 BEST_FILE = "best.safetensors"
+TEST_DETECTIONS = "test_detections.json"  # the test split's detections, COCO results format
 
 
 def run_job(cfg: DictConfig, run_dir: str | os.PathLike[str] | None = None) -> float | None:
@@ -195,6 +197,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         detections, targets = predictions_and_targets(predictions)
         results = detections_to_coco(detections, targets, task.category_ids)
+        if split == "test":  # what `adapt.predict --prompt <run>/export` reproduces
+            write_json(results, run_dir / TEST_DETECTIONS, indent=None)
         return evaluate(dm.split(split).coco, results, max_dets=task.max_dets)
 
     module = GLIPAdaptation(
@@ -248,7 +252,6 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
                 module.trainable_state_dict(),
                 prompt,
                 model_identity(model, str(cfg.model.name), checkpoint),
-                lora=cfg.mode.get("lora"),
                 task=str(task.id),
             )
         record.update(

@@ -160,3 +160,77 @@ def test_model_configs_and_seeded_mini():
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="unknown model config"):
         model_config("glip_xxl")
+
+
+# -- exports: the detector a run exported is the run's own -----------------------------------------
+
+
+def _export(tmp_path: Path, checkpoint: Path | None) -> Path:
+    """A prompt export (zero offset) of the mini model at test size 64/128, trained on `checkpoint`
+    (None: glip_mini's seeded random init)."""
+    from adapt.model import GLIPConfig, build_glip, load_checkpoint
+    from adapt.prompt import encode_prompt, load_tokenizer
+    from adapt.train.export import checkpoint_identity, export_run, model_identity
+    from adapt.train.modes import build_policy
+
+    model = build_glip(GLIPConfig.from_dict(small_arch()))
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    trainable = build_policy({"name": "prompt"}).apply(model)
+    state = {n: p.detach() for n, p in model.named_parameters() if n in trainable}
+    prompt = encode_prompt(CLASSES, load_tokenizer())
+    identity = model_identity(model, "glip_mini", checkpoint_identity(checkpoint))
+    return export_run(tmp_path / "export", model, "prompt", state, prompt, identity)
+
+
+def test_from_export_uses_the_recorded_weights_sizes_and_settings(detector: Detector, tmp_path: Path):
+    out = _export(tmp_path, FIXTURE / "mini_glip.pth")
+    tuned = Detector.from_export(out, checkpoint=FIXTURE / "mini_glip.pth")
+    assert tuned.model.cfg.input == detector.model.cfg.input  # 64/128, not glip_mini's 800/1333
+    assert tuned.model.cfg.inference == detector.model.cfg.inference
+    im = image(9, (150, 100))
+    assert_same(tuned.predict(im)[0], detector.predict(im, classes=CLASSES)[0])
+
+
+def test_from_export_refuses_other_base_weights_naming_the_expected_hash(detector: Detector, tmp_path: Path):
+    from adapt.train.export import ExportError, file_sha256
+
+    out = _export(tmp_path, FIXTURE / "mini_glip.pth")
+    want = file_sha256(FIXTURE / "mini_glip.pth")
+    other = tmp_path / "other.safetensors"  # the same weights in another file: another hash
+    save_safetensors(detector.model, other)
+    with pytest.raises(
+        ExportError, match=rf"other.safetensors: SHA-256 \w+ is not .*mini_glip.pth, sha256 {want}"
+    ):
+        Detector.from_export(out, checkpoint=other)
+    # glip_mini has no official checkpoint to fall back on: the user is told which file to pass.
+    with pytest.raises(
+        ExportError, match=rf"trained on checkpoint mini_glip.pth \(sha256 {want}\).*--checkpoint"
+    ):
+        Detector.from_export(out)
+
+
+def test_an_export_of_the_random_init_is_rebuilt_from_its_seed_and_refuses_a_checkpoint(tmp_path: Path):
+    from adapt.train.export import ExportError
+
+    out = _export(tmp_path, None)
+    tuned = Detector.from_export(out)
+    untrained = Detector.from_config(small_arch())  # the same seeded draw
+    params = dict(untrained.model.named_parameters())
+    for name, value in tuned.model.named_parameters():
+        assert torch.equal(value, params[name]), name
+    with pytest.raises(ExportError, match=r"random init \(seed 0\), not on .*mini_glip.pth"):
+        Detector.from_export(out, checkpoint=FIXTURE / "mini_glip.pth")
+
+
+def test_a_format_1_export_loads_at_the_model_configs_sizes_with_a_warning(tmp_path: Path):
+    import json
+
+    out = _export(tmp_path, None)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["version"] = 1
+    del config["arch"]
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="records no test-time input sizes"):
+        tuned = Detector.from_export(out)
+    assert tuned.model.cfg.input.min_size_test == model_config("glip_mini")["arch"]["input"]["min_size_test"]

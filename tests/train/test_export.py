@@ -1,18 +1,36 @@
-"""Exported artifacts reload exactly; a prompt artifact detects without any text encoder."""
+"""Exported artifacts reload exactly, byte for byte; LoRA exports are peft's own format; damage is
+one error naming the file."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
-from train_helpers import mini_model
+from safetensors.torch import load_file, save_file
+from train_helpers import FIXTURE, mini_model
 
+from adapt.detector import Detector
 from adapt.model import batch_images
 from adapt.prompt import encode_prompt, load_tokenizer
-from adapt.train.export import CONFIG_FILE, TENSORS_FILE, export_run, load_export, model_identity
+from adapt.train.export import (
+    ADAPT_FILE,
+    CONFIG_FILE,
+    PEFT_PREFIX,
+    TENSORS_FILE,
+    ExportError,
+    checkpoint_identity,
+    export_run,
+    load_export,
+    model_identity,
+)
 from adapt.train.modes import build_policy
 
 LORA = {"r": 2, "alpha": 4, "target_modules": r".*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)"}
+CHECKPOINT = FIXTURE / "mini_glip.pth"
 
 
 def _images():
@@ -20,14 +38,34 @@ def _images():
     return batch_images([torch.rand(3, 96, 128, generator=g), torch.rand(3, 128, 96, generator=g)])
 
 
+def _trained(mode: str, seed: int = 7):
+    """The mini model with the fixture weights, `mode` applied and its trainable tensors moved."""
+    model = mini_model(weights=True).eval()
+    model.cfg.input.min_size_test, model.cfg.input.max_size_test = 96, 128
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # peft draws lora_A from the global generator
+        trainable = build_policy({"name": mode, "lora": LORA}).apply(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in trainable:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.eval()
+    return model, {n: p.detach() for n, p in model.named_parameters() if n in trainable}
+
+
+def make_export(out: Path, mode: str, classes: tuple[str, ...] = ("fish", "jellyfish", "penguin")) -> Path:
+    """A deterministic export (same bytes in any process); also run by the reproducibility test's
+    second process."""
+    model, state = _trained(mode)
+    prompt = encode_prompt(list(classes), load_tokenizer())
+    identity = model_identity(model, "glip_mini", checkpoint_identity(CHECKPOINT))
+    return export_run(out, model, mode, state, prompt, identity, task="demo")
+
+
 def test_prompt_export_detects_identically_with_the_language_backbone_removed(tmp_path):
     prompt = encode_prompt(["fish", "jellyfish", "penguin"], load_tokenizer())
-    model = mini_model(weights=True).eval()
-    trainable = build_policy({"name": "prompt"}).apply(model)
-    with torch.no_grad():
-        model.prompt_offset.copy_(
-            0.1 * torch.randn(model.prompt_offset.shape, generator=torch.Generator().manual_seed(7))
-        )
+    model, _ = _trained("prompt")
     images, sizes = _images()
     ids, mask = prompt.input_ids[None].expand(2, -1), prompt.attention_mask[None].expand(2, -1)
     with torch.no_grad():
@@ -35,17 +73,24 @@ def test_prompt_export_detects_identically_with_the_language_backbone_removed(tm
             images, sizes, input_ids=ids, attention_mask=mask, label_to_tokens=prompt.label_to_tokens
         )
     assert sum(len(d["scores"]) for d in expected) > 0
-    state = {n: p.detach() for n, p in model.named_parameters() if n in trainable}
-    out = export_run(
-        tmp_path / "export", model, "prompt", state, prompt, model_identity(model, "glip_mini", None)
-    )
+    out = make_export(tmp_path / "export", "prompt")
     config = json.loads((out / CONFIG_FILE).read_text())
     assert config["caption"] == "fish. jellyfish. penguin" and config["tokenizer"] == "bert-base-uncased"
-    assert config["class_names"] == ["fish", "jellyfish", "penguin"] and config["label_to_tokens"]["2"] == [
-        3,
-        4,
-    ]
-    assert (out / TENSORS_FILE).stat().st_size < 300_000
+    assert config["class_names"] == ["fish", "jellyfish", "penguin"]
+    assert config["label_to_tokens"]["2"] == [3, 4]
+    # What reproduces the run: its base weights, test-time sizes and inference settings.
+    assert config["base_model"]["checkpoint"] == {
+        "file": "mini_glip.pth",
+        "sha256": checkpoint_identity(CHECKPOINT)["sha256"],
+    }
+    assert (config["arch"]["input"]["min_size_test"], config["arch"]["input"]["max_size_test"]) == (96, 128)
+    assert set(config["arch"]["inference"]) == {
+        "score_threshold",
+        "pre_nms_top_n",
+        "nms_threshold",
+        "detections_per_image",
+    }
+    assert (out / TENSORS_FILE).stat().st_size < 300_000 and not (out / ADAPT_FILE).exists()
 
     fresh = mini_model(weights=True).eval()  # no prompt offset, and then no text encoder at all
     fresh.language_backbone = None
@@ -59,27 +104,122 @@ def test_prompt_export_detects_identically_with_the_language_backbone_removed(tm
 
 
 def test_linear_and_lora_exports_hold_only_the_trained_tensors_and_reload(tmp_path):
-    prompt = encode_prompt(["tree"], load_tokenizer())
-    for mode, extra in (("linear", {}), ("lora", {"lora": LORA})):
-        model = mini_model()
-        trainable = build_policy({"name": mode, **extra}).apply(model)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in trainable:
-                    p.add_(0.01)
-        state = {n: p.detach() for n, p in model.named_parameters() if n in trainable}
-        out = export_run(
-            tmp_path / mode,
-            model,
-            mode,
-            state,
-            prompt,
-            model_identity(model, "glip_mini", None),
-            lora=extra.get("lora"),
-        )
+    for mode in ("linear", "lora"):
+        _, state = _trained(mode)
+        out = make_export(tmp_path / mode, mode)
         artifact = load_export(out)
-        assert set(artifact.tensors) == set(trainable)
-        fresh = artifact.apply(mini_model())
+        if mode == "linear":
+            assert set(artifact.tensors) == set(state) and artifact.peft_config is None
+        else:  # peft's names: prefixed, without the adapter name
+            assert len(artifact.tensors) == len(state)
+            assert all(k.startswith(PEFT_PREFIX) and ".default." not in k for k in artifact.tensors)
+        fresh = artifact.apply(mini_model(weights=True))
         params = dict(fresh.named_parameters())
         for name, value in state.items():
-            assert torch.equal(params[name], value)
+            assert torch.equal(params[name], value), name
+
+
+def test_a_lora_export_is_peft_format_and_peft_loads_it_to_the_same_detections(tmp_path):
+    """peft's own loaders (PeftModel.from_pretrained; inject_adapter_in_model +
+    set_peft_model_state_dict) read the export onto an adapt GLIP and detect exactly like
+    Detector.from_export."""
+    from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from PIL import Image
+
+    out = make_export(tmp_path / "lora", "lora")
+    peft_config = json.loads((out / CONFIG_FILE).read_text())
+    assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 2 and peft_config["lora_alpha"] == 4
+    assert peft_config["target_modules"] == LORA["target_modules"] and peft_config["inference_mode"] is True
+    assert json.loads((out / ADAPT_FILE).read_text())["class_names"] == ["fish", "jellyfish", "penguin"]
+
+    g = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(100, 150, 3, generator=g) * 255).to(torch.uint8).numpy()
+    images = [Image.fromarray(pixels), Image.fromarray(pixels[:, ::-1].copy())]
+    ours = Detector.from_export(out, checkpoint=CHECKPOINT).predict(images)
+
+    prompt = load_export(out).encoded_prompt()
+
+    def detector(glip):
+        glip.cfg.input.min_size_test, glip.cfg.input.max_size_test = 96, 128  # the export's sizes
+        det = Detector(glip)
+        det.default_prompt = prompt  # the run's caption, as from_export uses it
+        return det
+
+    unadapted = detector(mini_model(weights=True)).predict(images)
+    assert not all(torch.equal(a.scores, b.scores) for a, b in zip(ours, unadapted, strict=True))
+
+    by_pretrained = PeftModel.from_pretrained(mini_model(weights=True), str(out)).get_base_model()
+    by_state_dict = mini_model(weights=True)
+    inject_adapter_in_model(LoraConfig.from_pretrained(str(out)), by_state_dict)
+    result = set_peft_model_state_dict(by_state_dict, load_peft_weights(str(out)))
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
+    for glip in (by_pretrained, by_state_dict):
+        for a, b in zip(detector(glip).predict(images), ours, strict=True):
+            assert len(a) > 0
+            for key in ("boxes", "scores", "labels"):
+                assert torch.equal(getattr(a, key), getattr(b, key)), key
+
+
+@pytest.mark.parametrize("mode", ["prompt", "lora"])
+def test_exports_of_identical_weights_have_identical_bytes(tmp_path, mode):
+    """Across processes too: safetensors writes its metadata map in a per-process random order."""
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    make_export(first, mode)
+    make_export(second, mode)
+    code = (
+        "import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1]]; "
+        "from test_export import make_export; make_export(Path(sys.argv[2]), sys.argv[3])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(other), mode], check=True, timeout=300
+    )
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in other.iterdir()) and TENSORS_FILE in names
+    for name in names:
+        data = (first / name).read_bytes()
+        assert data == (second / name).read_bytes() == (other / name).read_bytes(), name
+
+
+def test_damaged_exports_get_one_sentence_naming_the_file(tmp_path):
+    out = make_export(tmp_path / "export", "prompt")
+    tensors_path = out / TENSORS_FILE
+    good = tensors_path.read_bytes()
+
+    tensors_path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ExportError, match=rf"{TENSORS_FILE}: not a readable safetensors file"):
+        load_export(out)
+    tensors_path.write_bytes(b"")
+    with pytest.raises(ExportError, match=rf"{TENSORS_FILE}: not a readable safetensors file"):
+        load_export(out)
+
+    tensors_path.write_bytes(good)
+    tensors = load_file(tensors_path)
+    tensors["prompt_offset"] = tensors["prompt_offset"][:, :10].contiguous()
+    save_file(tensors, tensors_path)
+    with pytest.raises(
+        ExportError, match=r"tensor 'prompt_offset' has shape \[256, 10\], but adapter_config"
+    ):
+        load_export(out)
+
+    tensors_path.write_bytes(good)
+    (out / CONFIG_FILE).write_text('{"format": "adapt-export", "mode": ')
+    with pytest.raises(ExportError, match=rf"{CONFIG_FILE}: unreadable JSON"):
+        load_export(out)
+    tensors_path.unlink()
+    with pytest.raises(ExportError, match="not an adapt export"):
+        load_export(out)
+
+
+def test_a_tensor_that_does_not_fit_the_model_is_named(tmp_path):
+    """Consistent with its JSON, but not with the model the export is applied to."""
+    out = make_export(tmp_path / "linear", "linear")
+    config = json.loads((out / CONFIG_FILE).read_text())
+    tensors = load_file(out / TENSORS_FILE)
+    name = next(n for n in tensors if n.endswith("bbox_pred.weight"))
+    tensors[name] = torch.zeros(2, *tensors[name].shape[1:])
+    config["tensors"][name] = list(tensors[name].shape)
+    save_file(tensors, out / TENSORS_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=rf"tensor '{name}' has shape \[2, .*the model's parameter has"):
+        load_export(out).apply(mini_model(weights=True))
