@@ -162,6 +162,35 @@ def test_record_failure_keeps_progress_and_the_traceback(tmp_path):
     assert not sweep.completed(tmp_path)
 
 
+def test_the_jobs_writes_merge_into_the_sweeps_start_record(tmp_path):
+    """One merging writer: the training job's record keeps where and when the attempt started,
+    and a resumed run keeps its validation history and time until its next evaluation."""
+    from adapt.record import update_record
+    from adapt.train.results import RunRecord
+
+    sweep.record_start(tmp_path, job_cfg())
+    started = json.loads((tmp_path / "results.json").read_text())
+    assert (started["host"], started["pid"]) == (socket.gethostname(), os.getpid())
+    # what the interrupted attempt had written, plus fields that only describe how an attempt ended
+    history = [{"step": 10, "epoch": 0, "ap": 1.5}]
+    update_record(
+        tmp_path, {"val_history": history, "wall_time_s": 12.5, "error": "old", "test": {"ap": 3.0}}
+    )
+
+    record = RunRecord(tmp_path, job_cfg())
+    record.write("running")  # the resumed job's first write
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["started_at"] == started["started_at"] and data["pid"] == os.getpid()
+    assert data["val_history"] == history and data["wall_time_s"] == 12.5
+    assert "error" not in data and "test" not in data
+    record.update(val_history=[*history, {"step": 20, "epoch": 1, "ap": 2.0}], wall_time_s=20.0)
+    record.update(test={"ap": 2.5})
+    record.write("complete")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["status"] == "complete" and data["test"] == {"ap": 2.5} and len(data["val_history"]) == 2
+    assert data["started_at"] == started["started_at"] and data["host"] == socket.gethostname()
+
+
 def test_skip_reason(tmp_path):
     # a single run is never skipped, even at a point a sweep would collapse
     assert sweep.skip_reason(job_cfg(mode="zero", shots=5, in_sweep=False), tmp_path) is None

@@ -102,8 +102,7 @@ def runs_per_task(points: Iterable[GridPoint]) -> dict[tuple[str, Shots], int]:
     shapes = {tuple(sorted(c.items(), key=str)) for c in per_task.values()}
     if len(shapes) > 1:
         raise ValueError("the sweep's tasks get different runs; the cost table assumes one grid per task")
-    (counts,) = per_task.values() if per_task else (Counter(),)
-    return dict(counts)
+    return dict(next(iter(per_task.values()), Counter()))
 
 
 def fewshot_images(k: int, classes: int) -> int:
