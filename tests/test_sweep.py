@@ -545,6 +545,7 @@ def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
         "mode=prompt",
         "shots='1'",
         "seed=3",
+        *SMALL_INPUT,
         "trainer.max_epochs=100",
         "trainer.progress_bar=false",
     )
