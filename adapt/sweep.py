@@ -249,6 +249,10 @@ def _point_fields(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+# Fields that describe how an earlier attempt ended; a new attempt has not ended yet.
+STALE_AT_START = ("error", "error_type", "failed_at", "test", "export", "best_step", "skipped_batches")
+
+
 def record_start(run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str, Any] | None = None) -> None:
     """Mark an attempt as started, so a job killed without a Python exception shows up as "running".
 
@@ -262,10 +266,6 @@ def record_start(run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str,
         {"status": "running", **_point_fields(cfg), "started_at": _now(), **_host_info()},
         drop=STALE_AT_START,
     )
-
-
-# Fields that describe how an earlier attempt ended; a new attempt has not ended yet.
-STALE_AT_START = ("error", "error_type", "failed_at", "test", "export", "best_step", "skipped_batches")
 
 
 def record_failure(
