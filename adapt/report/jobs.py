@@ -62,13 +62,11 @@ def task_sort_key(task: str, dataset: str | None) -> tuple[int, str]:
 
 
 def _config_value(data: Mapping[str, Any], key: str) -> str | None:
-    config = data.get("config")
-    if not isinstance(config, Mapping):
-        return None
-    value = OmegaConf.select(
-        OmegaConf.create(dict(config)), key, default=None, throw_on_resolution_failure=False
-    )
-    return None if value is None else str(value)
+    """A value of the composed config saved in results.json (`task.name`), or None."""
+    node: Any = data.get("config")
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return None if node is None or isinstance(node, Mapping) else str(node)
 
 
 def _point_of(data: Mapping[str, Any]) -> GridPoint | None:
