@@ -257,10 +257,12 @@ def test_report_of_a_three_mode_odinw_sweep(tmp_path, paper):
     md = (sweep_dir / "report" / "report.md").read_text()
     assert "Jobs: 52 complete, 0 failed" in md
     # columns 0 | 0 paper | 1 | 1 paper | all | all paper
-    assert "| prompt |  |  | 49.9 ± 1.0 | 49.9 ± 0.7 |  |  |" in md
+    # (no zero-shot or full-data prompt runs: empty, next to the paper's figures where it has them)
+    assert "| prompt |  |  | 49.9 ± 1.0 | 49.9 ± 0.7 |  | 62.4 |" in md
     # Aquarium: zero-shot 17.4 (the paper's 18.4 minus seed 3's offset), then prompt at 1 shot
     assert "| Aquarium | 17.4 | 18.4 | 32.5 ± 1.0 | 32.5 |" in md
     assert "### full-model fine-tuning (`mode=full`)" in md
+    assert "| Aquarium | 17.4 | 18.4 | 51.5 | 52.5 |" in md  # full data: the paper's 52.5, seed 3
 
 
 def test_average_needs_all_13_and_names_the_missing(odinw_sweep):
