@@ -22,23 +22,21 @@ The training job (`adapt.run`) uses it as::
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import socket
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from adapt.atomic import write_json
+from adapt.record import RESULTS_FILE, composed_config, read_results, update_record
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 ZERO_MODE = "zero"
 ALL_SHOTS = "all"
 # The seed that the once-only runs (zero-shot, full data) use when the sweep yaml does not say;
@@ -82,6 +80,15 @@ def normalize_shots(value: Any) -> Shots:
 def shots_sort_key(shots: Shots) -> tuple[int, int]:
     """Order shots the way the paper's tables do: 0, 1, 3, 5, 10, then all."""
     return (1, 0) if shots == ALL_SHOTS else (0, int(shots))
+
+
+# The order the report and the cost tables list modes in; others follow, by name.
+MODE_ORDER = (ZERO_MODE, "prompt", "linear", "full", "lora")
+
+
+def mode_sort_key(mode: str) -> tuple[int, str]:
+    """Order modes the way the paper's tables do: zero-shot, prompt, linear, full, then the rest."""
+    return (MODE_ORDER.index(mode), "") if mode in MODE_ORDER else (len(MODE_ORDER), mode)
 
 
 def point_skip_reason(point: GridPoint, canonical_seed: int = DEFAULT_CANONICAL_SEED) -> str | None:
@@ -153,6 +160,39 @@ def grid_point(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] |
     )
 
 
+def planned_points(
+    sweep_yaml: str | os.PathLike[str], model: str, overrides: Sequence[str] = ()
+) -> list[GridPoint]:
+    """The jobs a `conf/sweep/*.yaml` grid runs for `model`, before any sweep ran (cost planning).
+
+    The yaml's `hydra.sweeper.params`, then `overrides` (as on a command line, `mode=zero,lora`), are
+    expanded by Hydra's own basic-sweeper code, as adapt's sweeper expands them, and collapsed by
+    `point_skip_reason` with the yaml's canonical seed. A sweep that ran has its decisions in its
+    manifest (`adapt.manifest`); read that instead.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    node = OmegaConf.load(sweep_yaml)
+    params = OmegaConf.select(node, "hydra.sweeper.params", default=None) or {}
+    texts = [f"{key}={' '.join(str(value).split())}" for key, value in params.items()] + list(overrides)
+    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(texts), None)
+    canonical = int(OmegaConf.select(node, "sweep.canonical_seed", default=DEFAULT_CANONICAL_SEED))
+    points = []
+    for job in jobs:
+        values = dict(text.split("=", 1) for text in job)
+        point = GridPoint(
+            task=values["task"],
+            model=model,
+            mode=values["mode"],
+            shots=normalize_shots(values["shots"]),
+            seed=int(values["seed"]),
+        )
+        if point_skip_reason(point, canonical) is None:
+            points.append(point)
+    return points
+
+
 def in_sweep(cfg: DictConfig | Mapping[str, Any]) -> bool:
     """A job belongs to a protocol sweep when a `conf/sweep/*` file added its `sweep` node.
 
@@ -168,17 +208,6 @@ def canonical_seed(cfg: DictConfig | Mapping[str, Any]) -> int:
     node = cfg.get("sweep") if in_sweep(cfg) else None
     value = node.get("canonical_seed") if node is not None else None
     return DEFAULT_CANONICAL_SEED if value is None else int(value)
-
-
-def read_results(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The run's results.json, or None when it is absent or unreadable (a torn write)."""
-    path = Path(run_dir) / RESULTS_FILE
-    try:
-        with path.open(encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def completed(run_dir: str | os.PathLike[str]) -> bool:
@@ -220,25 +249,22 @@ def _point_fields(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _config_container(cfg: DictConfig | Mapping[str, Any] | None) -> Any:
-    if cfg is None:
-        return None
-    if not isinstance(cfg, DictConfig):
-        return dict(cfg)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # unresolvable interpolation: keep the raw form rather than lose the record
-        return OmegaConf.to_container(cfg, resolve=False)
+# Fields that describe how an earlier attempt ended; a new attempt has not ended yet.
+STALE_AT_START = ("error", "error_type", "failed_at", "test", "export", "best_step", "skipped_batches")
 
 
 def record_start(run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str, Any] | None = None) -> None:
-    """Mark the run as started, so a job killed without a Python exception shows up as "running".
+    """Mark an attempt as started, so a job killed without a Python exception shows up as "running".
 
-    The training job later overwrites this file with its own, fuller record.
+    `started_at`, `host`, `pid` and the SLURM ids stay in the file through the job's later writes
+    (they merge, see adapt.record). What an earlier attempt left is kept where a resumed run
+    continues it (validation history, time so far) and dropped where it no longer holds: its error,
+    and the fields only a complete run has.
     """
-    write_json(
+    update_record(
+        run_dir,
         {"status": "running", **_point_fields(cfg), "started_at": _now(), **_host_info()},
-        Path(run_dir) / RESULTS_FILE,
+        drop=STALE_AT_START,
     )
 
 
@@ -252,20 +278,18 @@ def record_failure(
     Fields already in the file (a "running" record with val_history, say) are kept, so the
     report can show how far the job got.
     """
-    path = Path(run_dir) / RESULTS_FILE
-    record = read_results(run_dir) or {}
-    record.update(_point_fields(cfg))
-    if cfg is not None and "config" not in record:
-        record["config"] = _config_container(cfg)
-    record.update(
+    fields = _point_fields(cfg)
+    if cfg is not None and "config" not in (read_results(run_dir) or {}):
+        fields["config"] = composed_config(cfg)
+    fields.update(
         status="failed",
         error="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         error_type=type(exc).__name__,
         failed_at=_now(),
         **_host_info(),
     )
-    write_json(record, path)
-    return path
+    update_record(run_dir, fields)
+    return Path(run_dir) / RESULTS_FILE
 
 
 def skip_reason(

@@ -62,7 +62,11 @@ def test_every_option_composes(group: str, option: str):
 @pytest.mark.parametrize("option", options("sweep") if (CONF / "sweep").is_dir() else [])
 def test_every_sweep_composes(option: str):
     cfg = compose_with(f"+sweep={option}")
-    assert "sweep" in cfg or cfg.hydra.sweeper is not None
+    assert cfg.sweep.name == option
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.adapt_sweeper.protocol_sweeper.ProtocolSweeper"
+    assert cfg.resume == "auto"  # a re-run sweep continues its interrupted jobs
+    job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    assert job["sweep"]["canonical_seed"] == 3 and job["sweep"]["dry_run"] is False
 
 
 def test_main_usage_composes():

@@ -7,6 +7,9 @@ import itertools
 import json
 import math
 import re
+import shutil
+import signal
+import socket
 import statistics
 from pathlib import Path
 
@@ -15,26 +18,12 @@ import yaml
 
 from adapt import report as rp
 from adapt.atomic import write_json
-from adapt.sweep import GridPoint
+from adapt.markdown import md_table
+from adapt.sweep import GridPoint, normalize_shots
+from tests.sweep_stub import CONF, ODINW_TASKS, run_sweep, stub_project, trained
 
 SPEC = Path("/work/shared/docs/glip_spec.md")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ODINW_TASKS = {
-    "PascalVOC": "odinw/pascalvoc",
-    "AerialDrone": "odinw/aerial_drone",
-    "Aquarium": "odinw/aquarium",
-    "Rabbits": "odinw/rabbits",
-    "EgoHands": "odinw/egohands",
-    "Mushrooms": "odinw/mushrooms",
-    "Packages": "odinw/packages",
-    "Raccoon": "odinw/raccoon",
-    "Shellfish": "odinw/shellfish",
-    "Vehicles": "odinw/vehicles",
-    "Pistols": "odinw/pistols",
-    "Pothole": "odinw/pothole",
-    "Thermal": "odinw/thermal",
-}
-RELEASED_GLIP_T = "glip_tiny_model_o365_goldg_cc_sbu.pth"
 
 
 @pytest.fixture(scope="module")
@@ -146,46 +135,237 @@ def test_paper_csv_layout():
         assert next(csv.reader(f)) == ["model", "mode", "shots", "avg", "std", "source"]
 
 
-@pytest.mark.parametrize(
-    ("task", "key"),
-    [
-        ("odinw/aquarium", "Aquarium"),
-        ("odinw/pascalvoc", "PascalVOC"),
-        ("odinw/aerial_drone", "AerialDrone"),
-        ("odinw35/CottontailRabbits", "Rabbits"),
-        ("odinw/thermalDogsAndPeople", "Thermal"),
-        ("Mushrooms", "Mushrooms"),
-        ("coco", None),
-        ("my/dataset", None),
-    ],
-)
-def test_dataset_key(task, key):
-    assert rp.dataset_key(task) == key
-
-
-@pytest.mark.parametrize(
-    ("model", "checkpoint", "expected"),
-    [
-        ("glip_t", None, "GLIP-T"),
-        ("glip_l", None, "GLIP-L"),
-        ("glip_t_a", None, "GLIP-T (A)"),
-        ("glip_t_c", None, "GLIP-T (C)"),
-        ("anything", "/cache/glip_tiny_model_o365.pth", "GLIP-T (B)"),
-        ("glip_t", "glip_a_tiny_o365.pth", "GLIP-T (A)"),  # the weights decide
-        ("glip_mini", None, None),
-    ],
-)
-def test_paper_model_for(model, checkpoint, expected):
-    assert rp.paper_model_for(model, checkpoint) == expected
+def test_shipped_configs_name_the_papers_rows_and_columns():
+    """The report's paper keys come from the configs: task `name`, model `paper`."""
+    assert {yaml.safe_load(p.read_text())["name"] for p in (CONF / "task" / "odinw").glob("*.yaml")} == set(
+        rp.ODINW13_KEYS
+    )
+    papers = {p.stem: yaml.safe_load(p.read_text())["paper"] for p in (CONF / "model").glob("*.yaml")}
+    assert papers == {
+        "glip_t_a": "GLIP-T (A)",
+        "glip_t_b": "GLIP-T (B)",
+        "glip_t_c": "GLIP-T (C)",
+        "glip_t": "GLIP-T",
+        "glip_l": "GLIP-L",
+        "glip_mini": None,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
-# Synthetic sweeps
+# Sweeps run through adapt's sweeper (tests/sweep_stub.py: the real sweeper and launcher, a stub job)
+
+
+SEED_OFFSET = {3: -1.0, 30: 0.0, 300: 1.0}
+
+
+def _odinw_sweep(root: Path, paper: rp.PaperReference, modes: tuple[str, ...]) -> Path:
+    """A released-GLIP-T sweep of the 13 ODinW tasks, one invocation per (mode, shots, seeds).
+
+    Every AP is the paper's value for that cell plus -1/0/+1 for seeds 3/30/300, so our mean
+    equals the paper's figure. Invocations go into one sweep folder, as a user narrowing the grid
+    would run them; the manifest merges their decisions.
+    """
+    stub_project(root, tasks={t: key for key, t in ODINW_TASKS.items()}, models={"glip_t": "GLIP-T"})
+    runs = {"zero": ("0", "3"), "prompt": ("1", "3,300"), "full": ("all", "3")}
+    plan = {}
+    for key, task in ODINW_TASKS.items():
+        for mode in modes:
+            shots, seeds = runs[mode]
+            value = paper.dataset("GLIP-T", mode, normalize_shots(shots), key)
+            for seed in seeds.split(","):
+                plan[f"{task} {mode} {normalize_shots(shots)} {seed}"] = {
+                    "ap": value + SEED_OFFSET[int(seed)]
+                }
+    common = ["+sweep=smoke", "model=glip_t", "task=" + ",".join(ODINW_TASKS.values())]
+    for mode in modes:
+        shots, seeds = runs[mode]
+        run_sweep(
+            root,
+            *common,
+            f"mode={mode}",
+            f"shots='{shots}'" if shots != "all" else "shots=all",
+            f"seed={seeds}",
+            plan=plan,
+        )
+    assert sorted(trained(root)) == sorted(plan)
+    return root / "multirun" / "smoke" / "glip_t"
+
+
+@pytest.fixture(scope="module")
+def odinw_template(tmp_path_factory, paper) -> Path:
+    """Prompt tuning at 1 shot, seeds 3 and 300, on all 13 datasets: 26 jobs through the sweeper."""
+    return _odinw_sweep(tmp_path_factory.mktemp("odinw"), paper, ("prompt",))
+
+
+@pytest.fixture
+def odinw_sweep(odinw_template, tmp_path) -> Path:
+    copy = tmp_path / "glip_t"
+    shutil.copytree(odinw_template, copy)
+    return copy
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_of_a_complete_odinw_sweep(odinw_sweep, paper):
+    out = odinw_sweep / "report"
+    assert rp.main([str(odinw_sweep), "--out", str(out), "--strict"]) == 0
+    rows = read_csv(out / "report.csv")
+    assert list(rows[0]) == list(rp.REPORT_COLUMNS)
+    per_task = [r for r in rows if r["dataset"] != "avg"]
+    assert [r["dataset"] for r in per_task] == list(rp.ODINW13_KEYS)  # the task configs' names, paper order
+    for r in per_task:
+        assert r["paper_model"] == "GLIP-T"  # the model config's `paper`
+        assert float(r["mean"]) == pytest.approx(float(r["paper"]))
+        assert float(r["delta"]) == pytest.approx(0.0, abs=1e-9)
+        assert r["n_seeds"] == "2" and r["seeds"] == "3 300"
+        assert float(r["std"]) == pytest.approx(1.0)  # population std of -1, +1
+
+    (avg,) = [r for r in rows if r["dataset"] == "avg"]
+    columns = paper.per_dataset[("GLIP-T", "prompt", 1)]
+    assert (avg["mode"], avg["shots"]) == ("prompt", "1")
+    assert float(avg["mean"]) == pytest.approx(statistics.fmean(columns[k] for k in rp.ODINW13_KEYS))
+    assert float(avg["std"]) == pytest.approx(1.0)  # over the per-seed averages
+    assert (float(avg["paper"]), float(avg["paper_std"])) == (49.9, 0.7)
+    assert avg["missing"] == ""
+
+    md = (out / "report.md").read_text()
+    assert "Jobs: 26 complete, 0 failed" in md
+    assert "Paper reference: GLIP-T" in md and "Cap4M" in md
+    assert "### ODinW-13 average" in md
+    assert "| prompt | 49.9 ± 1.0 | 49.9 ± 0.7 |" in md  # ours | the paper's, at 1 shot
+    assert "| Aquarium | 32.5 ± 1.0 | 32.5 |" in md
+    assert "All expected jobs are complete." in md
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert [p.name for p in pngs] == ["glip_t_average.png", "glip_t_per_dataset.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000 for p in pngs)
+    assert "![glip_t_average](plots/glip_t_average.png)" in md
+    jobs = read_csv(out / "jobs.csv")
+    assert len(jobs) == 26 and all(j["job_id"] for j in jobs)  # the launcher's job numbers
+
+
+@pytest.mark.slow
+def test_report_of_a_three_mode_odinw_sweep(tmp_path, paper):
+    """Zero-shot, prompt tuning and full fine-tuning: the 0 column is shared by every mode's table."""
+    sweep_dir = _odinw_sweep(tmp_path, paper, ("zero", "prompt", "full"))
+    assert rp.main([str(sweep_dir), "--strict", "--no-plots"]) == 0
+    rows = read_csv(sweep_dir / "report" / "report.csv")
+    avg = {(r["mode"], r["shots"]): r for r in rows if r["dataset"] == "avg"}
+    assert set(avg) == {("zero", "0"), ("prompt", "1"), ("full", "all")}
+    md = (sweep_dir / "report" / "report.md").read_text()
+    assert "Jobs: 52 complete, 0 failed" in md
+    # columns 0 | 0 paper | 1 | 1 paper | all | all paper
+    # (no zero-shot or full-data prompt runs: empty, next to the paper's figures where it has them)
+    assert "| prompt |  |  | 49.9 ± 1.0 | 49.9 ± 0.7 |  | 62.4 |" in md
+    # Aquarium: zero-shot 17.4 (the paper's 18.4 minus seed 3's offset), then prompt at 1 shot
+    assert "| Aquarium | 17.4 | 18.4 | 32.5 ± 1.0 | 32.5 |" in md
+    assert "### full-model fine-tuning (`mode=full`)" in md
+    assert "| Aquarium | 17.4 | 18.4 | 51.5 | 52.5 |" in md  # full data: the paper's 52.5, seed 3
+
+
+def test_average_needs_all_13_and_names_the_missing(odinw_sweep):
+    for run_dir in (odinw_sweep / "odinw/pothole/prompt").iterdir():
+        (run_dir / "results.json").unlink()
+    report = rp.build_report(odinw_sweep, paper=rp.PaperReference())
+    (mr,) = report.models
+    assert mr.averages[("prompt", "1")].mean is None
+    assert mr.averages[("prompt", "1")].missing == ["Pothole"]
+    assert len(report.by_status(rp.MISSING)) == 2  # the manifest still plans them
+    md = rp.render_markdown(report)
+    assert "— (1 missing)" in md and "prompt 1: Pothole" in md
+
+
+def test_ddof_and_partial_seeds(odinw_sweep):
+    (odinw_sweep / "odinw/aquarium/prompt/shots1_seed300/results.json").unlink()
+    report = rp.build_report(odinw_sweep, paper=rp.PaperReference(), ddof=1)
+    (mr,) = report.models
+    cell = mr.cells[("odinw/rabbits", "prompt", 1)]
+    assert cell.std(1) == pytest.approx(math.sqrt(2))  # sample std of -1, +1
+    aquarium = mr.cells[("odinw/aquarium", "prompt", 1)]
+    assert aquarium.n == 1 and aquarium.partial  # the manifest planned two seeds
+    # the average only spans seeds every dataset has
+    assert mr.averages[("prompt", "1")].seeds == [3]
+
+
+def test_failed_killed_and_missing_jobs_are_listed(tmp_path):
+    stub_project(tmp_path, tasks={"x/a": "x/a", "x/b": "x/b", "x/c": "x/c"}, models={"m": None})
+    plan = {
+        "x/a prompt 1 3": {"ap": 50.0},
+        "x/a prompt 1 30": {"fail": "bad | json"},
+        "x/b prompt 1 3": {"kill": True},  # SIGKILL: the sweep process dies with it
+    }
+    result = run_sweep(
+        tmp_path,
+        "+sweep=smoke",
+        "model=m",
+        "task=x/a,x/b,x/c",
+        "mode=prompt,zero",
+        "shots='1'",
+        "seed=3,30",
+        plan=plan,
+        check=False,
+    )
+    assert result.returncode == -signal.SIGKILL
+    assert trained(tmp_path) == ["x/a prompt 1 3", "x/a prompt 1 30", "x/b prompt 1 3"]
+    sweep_dir = tmp_path / "multirun" / "smoke" / "m"
+
+    report = rp.build_report(sweep_dir, paper=rp.PaperReference())
+    status = {(j.point.task, j.point.seed): j.status for j in report.jobs}
+    assert status == {
+        ("x/a", 3): "complete",
+        ("x/a", 30): "failed",
+        ("x/b", 3): "running",
+        ("x/b", 30): "missing",
+        ("x/c", 3): "missing",
+        ("x/c", 30): "missing",
+    }  # the 6 zero-shot points at shots=1 are redundant: not jobs
+    assert rp.main([str(sweep_dir), "--no-paper", "--no-plots"]) == 0
+    assert rp.main([str(sweep_dir), "--no-paper", "--no-plots", "--strict"]) == 1
+    md = (sweep_dir / "report" / "report.md").read_text()
+    assert "## Failed jobs (1)" in md and "RuntimeError: bad \\| json" in md
+    assert "x/a/prompt/shots1_seed30" in md
+    killed = json.loads((sweep_dir / "x/b/prompt/shots1_seed3/results.json").read_text())
+    assert killed["status"] == "running" and killed["pid"] > 0
+    assert "## Running or interrupted jobs (1)" in md
+    assert f"started {killed['started_at']} on {socket.gethostname()} (pid {killed['pid']})" in md
+    assert "## Missing jobs (planned by the sweep, no results.json) (3)" in md
+    # the basic launcher returns job ids when its batch is done; this sweep died before that
+    assert md.count("| launched, never started |") == 3
+    assert "/zero/" not in md
+    # x/a prompt 1: one of two seeds, so the cell is marked partial
+    assert "| x/a | 50.0 * |" in md
+    jobs = read_csv(sweep_dir / "report" / "jobs.csv")
+    assert list(jobs[0]) == list(rp.JOBS_COLUMNS)
+    assert [j["status"] for j in jobs] == ["failed", "running", "missing", "missing", "missing", "complete"]
+    assert jobs[0]["error"] == "RuntimeError: bad | json"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_results_outside_a_sweep_are_placed_by_their_own_fields(tmp_path):
+    run_dir = tmp_path / "some" / "folder"
+    config = {
+        "task": {"id": "odinw/aquarium", "name": "Aquarium"},
+        "model": {"name": "m", "paper": "GLIP-L"},
+        "mode": {"name": "full"},
+        "shots": {"k": 3},
+        "seed": 30,
+    }
+    write_json({"status": "complete", "config": config, "test": {"ap": 12.5}}, run_dir / "results.json")
+    jobs, warnings = rp.collect_jobs(tmp_path)
+    assert warnings == [
+        f"no sweep manifest under {tmp_path.resolve()}: jobs that never started are not listed"
+    ]
+    assert [(j.point, j.ap, j.dataset, j.paper_model) for j in jobs] == [
+        (GridPoint("odinw/aquarium", "m", "full", 3, 30), 12.5, "Aquarium", "GLIP-L")
+    ]
 
 
 def write_result(
     root: Path, point: GridPoint, status: str = "complete", ap: float | None = None, **extra
 ) -> Path:
+    """A results.json of a single run gathered into a folder by hand (no sweep, no manifest)."""
     run_dir = root / point.task / point.mode / f"shots{point.shots}_seed{point.seed}"
     data = {
         "status": status,
@@ -202,251 +382,6 @@ def write_result(
     return run_dir
 
 
-SEED_OFFSET = {3: -1.0, 30: 0.0, 300: 1.0}
-
-
-@pytest.fixture
-def odinw_sweep(tmp_path, paper) -> Path:
-    """A complete released-GLIP-T sweep: zero-shot, prompt and full at 1 shot and all data.
-
-    Every AP is the paper's value for that cell plus -1/0/+1 for seeds 3/30/300, so our mean must
-    equal the paper's figure and the population std over seeds is sqrt(2/3).
-    """
-    ckpt = {"file": f"/cache/{RELEASED_GLIP_T}", "sha256": "0" * 64}
-    for key, task in ODINW_TASKS.items():
-        zero = paper.dataset("GLIP-T", "zero", 0, key)
-        write_result(tmp_path, GridPoint(task, "glip_t", "zero", 0, 3), ap=zero, checkpoint=ckpt)
-        for mode in ("prompt", "full"):
-            for seed in (3, 30, 300):
-                value = paper.dataset("GLIP-T", mode, 1, key) + SEED_OFFSET[seed]
-                write_result(tmp_path, GridPoint(task, "glip_t", mode, 1, seed), ap=value, checkpoint=ckpt)
-            value = paper.dataset("GLIP-T", mode, "all", key)
-            write_result(tmp_path, GridPoint(task, "glip_t", mode, "all", 3), ap=value, checkpoint=ckpt)
-    return tmp_path
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_report_of_a_complete_odinw_sweep(odinw_sweep, paper):
-    out = odinw_sweep / "report"
-    assert rp.main([str(odinw_sweep), "--out", str(out), "--strict"]) == 0
-    rows = read_csv(out / "report.csv")
-    assert list(rows[0]) == list(rp.REPORT_COLUMNS)
-    per_task = [r for r in rows if r["dataset"] != "avg"]
-    assert len(per_task) == 13 * 5  # zero + (prompt, full) x (1, all)
-    for r in per_task:
-        assert r["paper_model"] == "GLIP-T"
-        assert float(r["mean"]) == pytest.approx(float(r["paper"]))
-        assert float(r["delta"]) == pytest.approx(0.0, abs=1e-9)
-        if r["shots"] == "1":
-            assert r["n_seeds"] == "3" and r["seeds"] == "3 30 300"
-            assert float(r["std"]) == pytest.approx(math.sqrt(2 / 3), abs=1e-4)
-        else:
-            assert r["n_seeds"] == "1" and r["std"] == ""
-
-    avg = {(r["mode"], r["shots"]): r for r in rows if r["dataset"] == "avg"}
-    assert set(avg) == {("zero", "0"), ("prompt", "1"), ("prompt", "all"), ("full", "1"), ("full", "all")}
-    prompt1 = avg[("prompt", "1")]
-    columns = paper.per_dataset[("GLIP-T", "prompt", 1)]
-    assert float(prompt1["mean"]) == pytest.approx(statistics.fmean(columns[k] for k in rp.ODINW13_KEYS))
-    assert float(prompt1["std"]) == pytest.approx(math.sqrt(2 / 3), abs=1e-4)  # per-seed averages
-    assert (float(prompt1["paper"]), float(prompt1["paper_std"])) == (49.9, 0.7)
-    assert prompt1["missing"] == ""
-
-    md = (out / "report.md").read_text()
-    assert "Jobs: 117 complete, 0 failed" in md
-    assert "Paper reference: GLIP-T" in md and "Cap4M" in md
-    assert "### ODinW-13 average" in md
-    assert "| prompt |  |  | 49.9 ± 0.8 | 49.9 ± 0.7 |" in md  # ours | paper at 1 shot
-    assert "| Aquarium | 18.4 | 18.4 | 32.5 ± 0.8 | 32.5 | 50.9 | 50.9 |" in md
-    assert "All expected jobs are complete." in md
-    pngs = sorted((out / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == ["glip_t_average.png", "glip_t_per_dataset.png"]
-    assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000 for p in pngs)
-    assert "![glip_t_average](plots/glip_t_average.png)" in md
-
-
-def test_average_needs_all_13_and_names_the_missing(odinw_sweep):
-    for run_dir in (odinw_sweep / "odinw/pothole/prompt").iterdir():
-        (run_dir / "results.json").unlink()
-    report = rp.build_report(odinw_sweep, paper=rp.PaperReference())
-    (mr,) = report.models
-    assert mr.averages[("prompt", "1")].mean is None
-    assert mr.averages[("prompt", "1")].missing == ["Pothole"]
-    assert mr.averages[("full", "1")].mean is not None
-    md = rp.render_markdown(report)
-    assert "— (1 missing)" in md and "prompt 1, prompt all: Pothole" in md
-
-
-def test_ddof_and_partial_seeds(odinw_sweep):
-    (odinw_sweep / "odinw/aquarium/prompt/shots1_seed300/results.json").unlink()
-    report = rp.build_report(odinw_sweep, paper=rp.PaperReference(), ddof=1)
-    (mr,) = report.models
-    cell = mr.cells[("odinw/rabbits", "prompt", 1)]
-    assert cell.std(1) == pytest.approx(1.0)  # sample std of -1, 0, +1
-    aquarium = mr.cells[("odinw/aquarium", "prompt", 1)]
-    assert aquarium.n == 2 and not aquarium.partial  # nothing says a third seed was expected
-    # the average only spans seeds every dataset has
-    assert mr.averages[("prompt", "1")].seeds == [3, 30]
-
-
-def _multirun_yaml(
-    root: Path, params: dict[str, str], task_overrides: list[str], protocol: bool = True
-) -> None:
-    """What Hydra saves as multirun.yaml, reduced to what the report reads."""
-    cfg = {
-        "hydra": {
-            "sweeper": {"params": params},
-            "overrides": {"task": task_overrides},
-            "runtime": {"choices": {"task": "demo", "model": "glip_mini", "mode": "prompt", "shots": "5"}},
-        },
-        "task": {"id": "demo"},
-        "model": {"name": "glip_mini"},
-        "mode": {"name": "prompt"},
-        "shots": {"k": 5},
-        "seed": 3,
-    }
-    if protocol:
-        cfg["sweep"] = {"name": "t", "canonical_seed": 3}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "multirun.yaml").write_text(yaml.safe_dump(cfg))
-
-
-def test_grid_from_multirun_applies_overrides_and_the_protocol(tmp_path):
-    _multirun_yaml(
-        tmp_path,
-        {"task": "x/a,x/b", "shots": "'0','1',all", "mode": "zero,prompt,linear", "seed": "3,30,300"},
-        ["+sweep=t", "model=glip_t", "seed=3,30", "mode=zero,prompt"],
-    )
-    points, warnings = rp.grid_from_multirun(tmp_path / "multirun.yaml")
-    assert warnings == []
-    expected = set()
-    for task in ("x/a", "x/b"):
-        expected.add(GridPoint(task, "glip_t", "zero", 0, 3))
-        expected |= {GridPoint(task, "glip_t", "prompt", 1, s) for s in (3, 30)}
-        expected.add(GridPoint(task, "glip_t", "prompt", "all", 3))
-    assert points == expected
-
-
-def test_grid_without_the_protocol_is_the_plain_product(tmp_path):
-    _multirun_yaml(tmp_path, {}, ["mode=zero,prompt", "shots='0','1'"], protocol=False)
-    points, _ = rp.grid_from_multirun(tmp_path / "multirun.yaml")
-    assert len(points) == 4 and {p.task for p in points} == {"demo"}
-
-
-def test_glob_sweeps_are_reported_not_guessed(tmp_path):
-    _multirun_yaml(tmp_path, {"task": "glob(odinw/*)"}, [])
-    points, warnings = rp.grid_from_multirun(tmp_path / "multirun.yaml")
-    assert points == set() and "cannot enumerate" in warnings[0]
-
-
-def test_failed_running_interrupted_and_missing_jobs_are_listed(tmp_path):
-    _multirun_yaml(
-        tmp_path,
-        {"task": "x/a,x/b", "shots": "'1'", "mode": "prompt", "seed": "3,30"},
-        ["+sweep=t", "model=m"],
-    )
-    write_result(tmp_path, GridPoint("x/a", "m", "prompt", 1, 3), ap=50.0)
-    failed = write_result(
-        tmp_path,
-        GridPoint("x/a", "m", "prompt", 1, 30),
-        status="failed",
-        error="Traceback (most recent call last):\n  ...\nDataError: bad | json\n",
-    )
-    write_result(
-        tmp_path, GridPoint("x/b", "m", "prompt", 1, 3), status="running", started_at="2025-01-01T00:00"
-    )
-    # a folder Hydra made for a job that died before writing anything
-    started = tmp_path / "x/b/prompt/shots1_seed30/.hydra"
-    started.mkdir(parents=True)
-    (started / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "task": {"id": "x/b"},
-                "model": {"name": "m"},
-                "mode": {"name": "prompt"},
-                "shots": {"k": 1},
-                "seed": 30,
-            }
-        )
-    )
-    # and one for a redundant grid point, which must not be listed
-    skipped = tmp_path / "x/b/zero/shots1_seed3/.hydra"
-    skipped.mkdir(parents=True)
-    (skipped / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "task": {"id": "x/b"},
-                "model": {"name": "m"},
-                "mode": {"name": "zero"},
-                "shots": {"k": 1},
-                "seed": 3,
-                "sweep": {"name": "t"},
-            }
-        )
-    )
-    # a job of the grid that never got a folder: add x/c to the grid
-    _multirun_yaml(
-        tmp_path,
-        {"task": "x/a,x/b,x/c", "shots": "'1'", "mode": "prompt", "seed": "3,30"},
-        ["+sweep=t", "model=m"],
-    )
-
-    report = rp.build_report(tmp_path, paper=rp.PaperReference())
-    status = {(j.point.task, j.point.seed): j.status for j in report.jobs}
-    assert status == {
-        ("x/a", 3): "complete",
-        ("x/a", 30): "failed",
-        ("x/b", 3): "running",
-        ("x/b", 30): "no_results",
-        ("x/c", 3): "missing",
-        ("x/c", 30): "missing",
-    }
-    assert rp.main([str(tmp_path), "--no-paper", "--no-plots"]) == 0
-    assert rp.main([str(tmp_path), "--no-paper", "--no-plots", "--strict"]) == 1
-    md = (tmp_path / "report" / "report.md").read_text()
-    assert "## Failed jobs (1)" in md and "DataError: bad \\| json" in md
-    assert failed.relative_to(tmp_path).as_posix() in md
-    assert "## Running or interrupted jobs (1)" in md and "started 2025-01-01T00:00" in md
-    assert "## Started jobs without results.json (1)" in md
-    assert "## Missing jobs (in the sweep's grid, never launched) (2)" in md
-    assert "x/b/zero" not in md
-    # x/a prompt 1: one of two seeds, so the cell is marked partial
-    assert "| x/a | 50.0 * |" in md
-    jobs = read_csv(tmp_path / "report" / "jobs.csv")
-    assert list(jobs[0]) == list(rp.JOBS_COLUMNS)
-    assert [j["status"] for j in jobs] == [
-        "failed",
-        "running",
-        "no_results",
-        "missing",
-        "missing",
-        "complete",
-    ]
-    assert jobs[0]["error"] == "DataError: bad | json"
-    assert not list(tmp_path.rglob("*.tmp"))
-
-
-def test_results_without_coordinates_fall_back_to_the_hydra_files(tmp_path):
-    run_dir = tmp_path / "some" / "folder"
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(
-        yaml.safe_dump({"task": {"id": "x", "name": "X"}, "model": {"name": "m"}, "seed": 30})
-    )
-    (run_dir / ".hydra" / "hydra.yaml").write_text(
-        yaml.safe_dump(
-            {"hydra": {"runtime": {"choices": {"task": "odinw/aquarium", "mode": "full", "shots": "3"}}}}
-        )
-    )
-    write_json({"status": "complete", "task": "Aquarium", "test": {"ap": 12.5}}, run_dir / "results.json")
-    jobs, warnings = rp.collect_jobs(tmp_path)
-    assert warnings == []
-    assert [(j.point, j.ap) for j in jobs] == [(GridPoint("odinw/aquarium", "m", "full", 3, 30), 12.5)]
-
-
 def test_unreadable_and_duplicate_results_are_warned_about(tmp_path):
     (tmp_path / "torn").mkdir()
     (tmp_path / "torn" / "results.json").write_text('{"status": ')
@@ -458,7 +393,7 @@ def test_unreadable_and_duplicate_results_are_warned_about(tmp_path):
     assert any("unreadable" in w for w in warnings) and any("2 folders" in w for w in warnings)
 
 
-def test_non_odinw_sweep_averages_over_its_own_tasks(tmp_path):
+def test_non_odinw_runs_average_over_their_own_tasks(tmp_path):
     for task, seed in itertools.product(("my/a", "my/b"), (3, 30)):
         write_result(tmp_path, GridPoint(task, "m", "linear", 5, seed), ap=10.0 * (task == "my/b") + seed / 3)
     report = rp.build_report(tmp_path, paper=rp.PaperReference())
@@ -472,8 +407,8 @@ def test_non_odinw_sweep_averages_over_its_own_tasks(tmp_path):
 
 
 def test_markdown_table_escapes_pipes():
-    lines = rp._md_table(["a", "b"], [["x|y", "line\nbreak"]])
-    assert lines[-1] == "| x\\|y | line break |"
+    lines = md_table(["a|b", "c"], [["x|y", "line\nbreak"]])
+    assert lines == ["| a\\|b | c |", "|---|---|", "| x\\|y | line break |"]
 
 
 def test_no_results_at_all(tmp_path):
@@ -491,4 +426,4 @@ def test_results_json_numbers_are_percent_like_the_paper(odinw_sweep):
     # Guard against a job writing fractions (0.41) where the schema says percent (41.0).
     for path in odinw_sweep.rglob("results.json"):
         assert json.loads(path.read_text())["test"]["ap"] > 1.0
-    assert re.search(r"\| Aquarium \| 18\.4 ", (rp.render_markdown(rp.build_report(odinw_sweep))))
+    assert re.search(r"\| Aquarium \| 32\.5 ± 1\.0 ", rp.render_markdown(rp.build_report(odinw_sweep)))

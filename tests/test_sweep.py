@@ -1,8 +1,9 @@
-"""Sweeps: the protocol's grid rule, resumability, fault isolation, and the sweep/launcher configs.
+"""Sweeps: the protocol's grid rule, resumability, fault isolation, the manifest, and the configs.
 
-Three levels: unit tests of adapt.sweep; a multirun through Hydra with a stub job (real sweep yaml,
-real launcher, real report, no model) that runs everywhere in a few seconds; and the end-to-end
-multirun of `python -m adapt.run` with glip_mini, skipped until the training job has landed.
+Three levels: unit tests of adapt.sweep; multiruns through Hydra with a stub job (real sweep yaml,
+real sweeper and launcher, real report, no model; tests/sweep_stub.py); and `python -m adapt.run`
+sweeps with glip_mini: a small one by default (and a job killed mid-run), the full grid behind
+`-m slow`.
 """
 
 from __future__ import annotations
@@ -10,24 +11,25 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-import adapt
-from adapt import sweep
+from adapt import manifest, sweep
 from adapt.atomic import write_json
-from adapt.report import ODINW13_KEYS, dataset_key
+from adapt.report import ODINW13_KEYS
 from adapt.sweep import GridPoint, point_skip_reason
+from tests.sweep_stub import CONF, run_sweep, stub_project, trained
 
-CONF = Path(adapt.__file__).parent / "conf"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -91,38 +93,17 @@ def test_canonical_seed_moves_the_once_only_runs():
     assert point_skip_reason(GridPoint("t", "m", "full", "all", 30), canonical_seed=30) is None
 
 
-def _sweeper_axes(path: Path) -> dict[str, list[str]]:
-    params = OmegaConf.load(path).hydra.sweeper.params
-    parser = OverridesParser.create()
-    axes = {}
-    for key, value in params.items():
-        (override,) = parser.parse_overrides([f"{key}={' '.join(str(value).split())}"])
-        axes[key] = [v.strip("'") for v in override.sweep_string_iterator()]
-    return axes
-
-
 def test_odinw13_grid_collapses_to_the_papers_runs():
-    axes = _sweeper_axes(CONF / "sweep" / "odinw13.yaml")
-    assert [dataset_key(t) for t in axes["task"]] == list(ODINW13_KEYS)
-    assert axes["shots"] == ["0", "1", "3", "5", "10", "all"]
-    assert axes["mode"] == ["zero", "prompt", "linear", "full"]
-    assert axes["seed"] == ["3", "30", "300"]
-    points = [
-        GridPoint(t, "glip_t", m, sweep.normalize_shots(s), int(seed))
-        for t, s, m, seed in itertools.product(axes["task"], axes["shots"], axes["mode"], axes["seed"])
-    ]
-    runs = [p for p in points if point_skip_reason(p) is None]
+    points = sweep.planned_points(CONF / "sweep" / "odinw13.yaml", "glip_t")
+    tasks = list(dict.fromkeys(p.task for p in points))
+    names = [OmegaConf.load(CONF / "task" / f"{t}.yaml").name for t in tasks]
+    assert names == list(ODINW13_KEYS)  # the paper's column order
     # per dataset: 1 zero-shot + 3 modes x 4 few-shot settings x 3 seeds + 3 modes x full data
-    assert len(points) == 13 * 6 * 4 * 3
-    assert len(runs) == 13 * (1 + 3 * 4 * 3 + 3)
-
-
-def test_odinw13_tasks_exist_once_the_task_configs_land():
-    task_dir = CONF / "task" / "odinw"
-    if not task_dir.is_dir():
-        pytest.skip("conf/task/odinw/ has not landed yet")
-    for task in _sweeper_axes(CONF / "sweep" / "odinw13.yaml")["task"]:
-        assert (CONF / "task" / f"{task}.yaml").is_file(), f"sweep/odinw13.yaml names a missing task {task}"
+    assert len(points) == 13 * (1 + 3 * 4 * 3 + 3)
+    assert {(p.mode, p.shots, p.seed) for p in points if p.mode == "zero"} == {("zero", 0, 3)}
+    assert {p.seed for p in points if p.shots == "all"} == {3}
+    assert {p.shots for p in points} == {0, 1, 3, 5, 10, "all"}
+    assert {p.seed for p in points} == {3, 30, 300}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +160,35 @@ def test_record_failure_keeps_progress_and_the_traceback(tmp_path):
     assert (data["task"], data["mode"], data["shots"], data["seed"]) == ("odinw/aquarium", "prompt", 5, 3)
     assert data["config"]["model"]["name"] == "glip_t"
     assert not sweep.completed(tmp_path)
+
+
+def test_the_jobs_writes_merge_into_the_sweeps_start_record(tmp_path):
+    """One merging writer: the training job's record keeps where and when the attempt started,
+    and a resumed run keeps its validation history and time until its next evaluation."""
+    from adapt.record import update_record
+    from adapt.train.results import RunRecord
+
+    sweep.record_start(tmp_path, job_cfg())
+    started = json.loads((tmp_path / "results.json").read_text())
+    assert (started["host"], started["pid"]) == (socket.gethostname(), os.getpid())
+    # what the interrupted attempt had written, plus fields that only describe how an attempt ended
+    history = [{"step": 10, "epoch": 0, "ap": 1.5}]
+    update_record(
+        tmp_path, {"val_history": history, "wall_time_s": 12.5, "error": "old", "test": {"ap": 3.0}}
+    )
+
+    record = RunRecord(tmp_path, job_cfg())
+    record.write("running")  # the resumed job's first write
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["started_at"] == started["started_at"] and data["pid"] == os.getpid()
+    assert data["val_history"] == history and data["wall_time_s"] == 12.5
+    assert "error" not in data and "test" not in data
+    record.update(val_history=[*history, {"step": 20, "epoch": 1, "ap": 2.0}], wall_time_s=20.0)
+    record.update(test={"ap": 2.5})
+    record.write("complete")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["status"] == "complete" and data["test"] == {"ap": 2.5} and len(data["val_history"]) == 2
+    assert data["started_at"] == started["started_at"] and data["host"] == socket.gethostname()
 
 
 def test_skip_reason(tmp_path):
@@ -264,13 +274,16 @@ def test_sweep_folders_are_deterministic(name):
     assert cfg.sweep.canonical_seed == 3 and cfg.sweep.rerun_complete is False
 
 
-def test_sweeps_compose_with_the_main_config():
-    try:
-        cfg = _compose_hydra_main("+sweep=odinw13", "+launcher=joblib")
-    except Exception as exc:  # the main config's groups are still landing
-        pytest.skip(f"conf/config.yaml does not compose yet: {str(exc).splitlines()[0]}")
-    assert cfg.sweep.name == "odinw13"
+@pytest.mark.parametrize("name", ["odinw13", "smoke"])
+def test_sweeps_compose_with_the_main_config(name):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cfg = _compose_hydra_main(f"+sweep={name}", "+launcher=joblib")
+    assert cfg.sweep.name == name and cfg.resume == "auto"
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.adapt_sweeper.protocol_sweeper.ProtocolSweeper"
     assert cfg.hydra.launcher.n_jobs == 2
+    # the composed job is a complete one: every grid coordinate resolves
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    assert sweep.grid_point(job, {}) == GridPoint("demo", "glip_mini", "prompt", 5, 3)
 
 
 def _compose_hydra_main(*overrides: str):
@@ -280,106 +293,42 @@ def _compose_hydra_main(*overrides: str):
 
 
 # ------------------------------------------------------------------------------------------------
-# A real Hydra multirun with a stub job: sweep yaml, launcher, resume, failure, report
+# Real Hydra multiruns with a stub job (tests/sweep_stub.py): sweeper, launcher, manifest, report
 
 
-STUB_APP = """
-import json, os, sys
-from pathlib import Path
-
-import hydra
-from adapt import sweep
-from adapt.atomic import write_json
-
-COUNTER = Path(os.environ["STUB_COUNTER"])
-
-
-def train(cfg):
-    point = sweep.grid_point(cfg)
-    with COUNTER.open("a") as f:
-        f.write(f"{point.task} {point.mode} {point.shots} {point.seed}\\n")
-    if (point.task, point.mode, point.shots, point.seed) == ("b", "linear", 3, 30):
-        raise RuntimeError("stub: malformed annotations")
-    ap = 40.0 + 10 * (point.task == "b") + 5 * (point.mode == "linear") + point.seed / 30
-    record = {
-        "status": "complete", "task": point.task, "model": point.model, "mode": point.mode,
-        "shots": point.shots, "seed": point.seed, "test": {"ap": ap},
-    }
-    write_json(record, sweep.hydra_output_dir() / "results.json")
-    return ap
-
-
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg):
-    return sweep.run_job(cfg, train)
-
-
-if __name__ == "__main__":
-    main()
-"""
-
-
-def _stub_project(root: Path) -> Path:
-    conf = root / "conf"
-    for group, options in {
-        "task": {"a": "name: a", "b": "name: b"},
-        "mode": {m: f"name: {m}" for m in ("zero", "prompt", "linear")},
-        "shots": {s: f"k: {s}" for s in ("0", "1", "3", "all")},
-        "model": {"glip_mini": "name: glip_mini"},
-    }.items():
-        (conf / group).mkdir(parents=True)
-        for option, body in options.items():
-            (conf / group / f"{option}.yaml").write_text(body + "\n")
-    (conf / "config.yaml").write_text(
-        textwrap.dedent(
-            f"""
-            defaults:
-              - task: a
-              - mode: prompt
-              - shots: "1"
-              - model: glip_mini
-              - _self_
-            seed: 3
-            hydra:
-              searchpath: [file://{CONF}]
-            """
-        )
-    )
-    (root / "app.py").write_text(STUB_APP)
-    return root / "app.py"
-
-
-def _run_stub(root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STUB_COUNTER": str(root / "trained.txt"), "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run(
-        [sys.executable, str(root / "app.py"), "-m", *overrides],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _manifest(sweep_dir: Path) -> dict[tuple, manifest.ManifestJob]:
+    jobs = manifest.read_manifest(sweep_dir / manifest.MANIFEST_FILE)
+    return {(j.point.task, j.point.mode, j.point.shots, j.point.seed): j for j in jobs}
 
 
 def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
-    _stub_project(tmp_path)
+    stub_project(tmp_path)
     grid = ["+sweep=smoke", "task=a,b", "shots='3'", "mode=prompt,linear", "seed=3,30"]
-    first = _run_stub(tmp_path, *grid)
-    assert first.returncode == 0, first.stderr[-3000:]
-    trained = (tmp_path / "trained.txt").read_text().splitlines()
-    assert len(trained) == 8  # every point of this grid is a real run
+    plan = {"b linear 3 30": {"fail": "stub: malformed annotations"}}
+    first = run_sweep(tmp_path, *grid, plan=plan)
+    assert len(trained(tmp_path)) == 8  # every point of this grid is a real run
     sweep_dir = tmp_path / "multirun" / "smoke" / "glip_mini"
     failed = json.loads((sweep_dir / "b" / "linear" / "shots3_seed30" / "results.json").read_text())
     assert failed["status"] == "failed" and "stub: malformed annotations" in failed["error"]
+    # the manifest: every point launched, with its folder and the basic launcher's job number
+    decided = _manifest(sweep_dir)
+    assert len(decided) == 8 and {j.decision for j in decided.values()} == {"launched"}
+    assert sorted(int(j.job_id) for j in decided.values()) == list(range(8))
+    assert decided[("b", "linear", 3, 30)].folder == (sweep_dir / "b/linear/shots3_seed30").resolve()
+    assert "decisions written to" in first.stdout
 
     # the re-run trains only the failed job; the other 7 are complete
-    second = _run_stub(tmp_path, *grid)
-    assert second.returncode == 0, second.stderr[-3000:]
-    trained_again = (tmp_path / "trained.txt").read_text().splitlines()[8:]
-    assert trained_again == ["b linear 3 30"]
+    second = run_sweep(tmp_path, *grid, plan=plan)
+    assert trained(tmp_path)[8:] == ["b linear 3 30"]
     # the sweeper left the 7 complete jobs out of the launch: they never reached the launcher
     assert "8 grid points, 1 jobs to launch (skipped: 7 already complete)" in second.stdout
     assert "Launching 1 jobs locally" in second.stdout
+    decided = _manifest(sweep_dir)
+    assert sorted(j.decision for j in decided.values()) == ["complete"] * 7 + ["launched"]
+    assert decided[("b", "linear", 3, 30)].job_id == "0"  # the new launch's number
+    assert decided[("a", "prompt", 3, 3)].job_id == "0"  # kept from the launch that completed it
+    data = json.loads((sweep_dir / manifest.MANIFEST_FILE).read_text())
+    assert [i["launched"] for i in data["invocations"]] == [8, 1]
 
     from adapt.report import main as report_main
 
@@ -394,43 +343,59 @@ def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
     assert pngs and all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
 
 
+@pytest.mark.slow
 def test_stub_sweep_zero_shot_and_full_data_run_once_with_joblib(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    _stub_project(tmp_path)
+    stub_project(tmp_path)
     grid = ["+sweep=smoke", "task=a", "shots='0',all", "mode=zero,prompt", "seed=3,30", "+launcher=joblib"]
-    result = _run_stub(tmp_path, *grid)
-    assert result.returncode == 0, result.stderr[-3000:]
-    trained = sorted((tmp_path / "trained.txt").read_text().splitlines())
-    assert trained == ["a prompt all 3", "a zero 0 3"]
+    result = run_sweep(tmp_path, *grid)
+    assert sorted(trained(tmp_path)) == ["a prompt all 3", "a zero 0 3"]
     from adapt.report import build_report
 
     report = build_report(tmp_path / "multirun" / "smoke", paper=None)
     assert sorted(j.status for j in report.jobs) == ["complete", "complete"]  # skipped points are not jobs
     # the 6 redundant points were never launched: no job folder, no Hydra job config
     assert "8 grid points, 2 jobs to launch (skipped: 6 redundant grid point)" in result.stdout
-    job_dirs = sorted(
-        p.parent.relative_to(tmp_path / "multirun" / "smoke" / "glip_mini")
-        for p in (tmp_path / "multirun" / "smoke" / "glip_mini").rglob(".hydra")
-    )
+    sweep_dir = tmp_path / "multirun" / "smoke" / "glip_mini"
+    job_dirs = sorted(p.parent.relative_to(sweep_dir) for p in sweep_dir.rglob(".hydra"))
     assert [str(d) for d in job_dirs] == ["a/prompt/shotsall_seed3", "a/zero/shots0_seed3"]
+    decided = _manifest(sweep_dir)
+    assert sorted(j.decision for j in decided.values()) == ["launched"] * 2 + ["redundant"] * 6
+    # joblib's job ids are "<job name>_<number>"
+    assert all(
+        j.job_id and j.job_id.endswith(("_0", "_1")) for j in decided.values() if j.decision == "launched"
+    )
 
 
 def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
-    _stub_project(tmp_path)
-    # odinw13's own grid, narrowed to two tasks and the stub's three modes: 2 x 6 x 3 x 3 = 108
-    # points, of which 2 x (1 zero-shot + 2 modes x 4 shots x 3 seeds + 2 full-data) = 54 run.
-    grid = ["+sweep=odinw13", "task=odinw/aquarium,odinw/rabbits", "mode=zero,prompt,linear"]
-    result = _run_stub(tmp_path, *grid, "sweep.dry_run=true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "108 grid points, 54 jobs to launch (skipped: 54 redundant grid point)" in result.stdout
+    stub_project(
+        tmp_path,
+        tasks={"odinw/aquarium": "Aquarium", "odinw/rabbits": "Rabbits"},
+        models={"glip_t": "GLIP-T"},
+    )
+    # odinw13's own grid narrowed to two tasks, two modes and two shots: 2 x 2 x 2 x 3 = 24 points,
+    # of which 2 x (1 zero-shot + 1 prompt x 1 shot x 3 seeds) = 8 run.
+    grid = ["+sweep=odinw13", "model=glip_t", "task=odinw/aquarium,odinw/rabbits", "mode=zero,prompt"]
+    result = run_sweep(tmp_path, *grid, "shots='0','1'", "sweep.dry_run=true")
+    assert "24 grid points, 8 jobs to launch (skipped: 16 redundant grid point)" in result.stdout
     launches = [
         line.split("would launch: ", 1)[1] for line in result.stdout.splitlines() if "would launch" in line
     ]
-    assert len(launches) == 54
+    assert len(launches) == 8
     assert sum("mode=zero" in job for job in launches) == 2
     assert all("shots='0'" in job and "seed=3" in job for job in launches if "mode=zero" in job)
-    assert all("seed=3 " in job + " " for job in launches if "shots=all" in job)
-    assert not (tmp_path / "trained.txt").exists()
+    assert not trained(tmp_path)
+    decided = _manifest(tmp_path / "multirun" / "odinw13" / "glip_t")
+    assert sorted(j.decision for j in decided.values()) == ["dry_run"] * 8 + ["redundant"] * 16
+    aquarium = decided[("odinw/aquarium", "prompt", 1, 30)]
+    assert (aquarium.dataset, aquarium.paper_model, aquarium.job_id) == ("Aquarium", "GLIP-T", None)
+    assert {"task=odinw/aquarium", "mode=prompt", "shots='1'", "seed=30"} <= set(aquarium.overrides)
+    # the report plans them: every job the dry run would launch is missing
+    from adapt.report import build_report
+
+    report = build_report(tmp_path / "multirun" / "odinw13", paper=None)
+    assert [j.status for j in report.jobs] == ["missing"] * 8
+    assert {j.note for j in report.jobs} == {"not launched (dry_run)"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -475,18 +440,21 @@ def _write_coco_dataset(root: Path, malformed: set[str]) -> None:
     (root / "test.json").write_text(json.dumps(split({6})))
 
 
-def test_end_to_end_multirun_with_glip_mini(tmp_path):
-    conf = tmp_path / "conf" / "task" / "e2e"
+def _e2e_project(root: Path) -> None:
+    conf = root / "conf" / "task" / "e2e"
     conf.mkdir(parents=True)
-    for name, malformed in (("a", set()), ("b", {"train_linear_shots3_seed30.json"})):
-        _write_coco_dataset(tmp_path / "data" / name, malformed)
-        # The train file is chosen per (mode, shots, seed) so that exactly one job of the grid fails.
+    for name, malformed in (
+        ("a", set()),
+        ("b", {"train_linear_shots3_seed30.json", "train_linear_shots1_seed3.json"}),
+    ):
+        _write_coco_dataset(root / "data" / name, malformed)
+        # The train file is chosen per (mode, shots, seed) so that chosen jobs of the grid fail.
         (conf / f"{name}.yaml").write_text(
             textwrap.dedent(
                 f"""
                 id: e2e/{name}
                 name: e2e/{name}
-                data_root: {tmp_path / "data" / name}
+                data_root: {root / "data" / name}
                 image_dir: images
                 train_json: train_${{mode.name}}_shots${{shots.k}}_seed${{seed}}.json
                 val_json: val.json
@@ -495,53 +463,117 @@ def test_end_to_end_multirun_with_glip_mini(tmp_path):
                 """
             )
         )
-    overrides = [
+
+
+def _adapt_run(root: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "adapt.run",
         "-m",
         "+sweep=smoke",
         "model=glip_mini",
-        "trainer=debug",
         "logger=none",
-        # The test images are 96x64: keep them small instead of the official 800-pixel rescale.
-        "model.arch.input.min_size_train=[64]",
-        "model.arch.input.max_size_train=128",
-        "model.arch.input.min_size_test=64",
-        "model.arch.input.max_size_test=128",
-        "task=e2e/a,e2e/b",
-        "shots='1','3'",
-        "mode=prompt,linear",
-        "seed=3,30",
-        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"hydra.searchpath=[file://{root / 'conf'}]",
+        *overrides,
     ]
 
-    def run() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "adapt.run", *overrides],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            env={**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "disabled"},
-        )
 
-    first = run()
+# The test images are 96x64: keep them small instead of the official 800-pixel rescale.
+SMALL_INPUT = [
+    "model.arch.input.min_size_train=[32]",
+    "model.arch.input.max_size_train=64",
+    "model.arch.input.min_size_test=32",
+    "model.arch.input.max_size_test=64",
+]
+
+
+def _e2e_sweep(tmp_path: Path, grid: list[str]) -> tuple[Path, dict[Path, dict]]:
+    """Run `grid` twice: once to train (one job fails), once to check that nothing complete reruns."""
+    _e2e_project(tmp_path)
+    cmd = _adapt_run(tmp_path, "trainer=debug", *SMALL_INPUT, *grid)
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "disabled"}
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
     assert first.returncode == 0, first.stderr[-4000:]
     sweep_dir = tmp_path / "multirun" / "smoke" / "glip_mini"
     results = {p: json.loads(p.read_text()) for p in sweep_dir.rglob("results.json")}
-    statuses = sorted(r["status"] for r in results.values())
-    assert statuses == ["complete"] * 15 + ["failed"], statuses
     mtimes = {p: p.stat().st_mtime_ns for p, r in results.items() if r["status"] == "complete"}
-
-    second = run()
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env)
     assert second.returncode == 0, second.stderr[-4000:]
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items()), "a complete job ran again"
+    assert "1 jobs to launch" in second.stdout  # only the failed one
+    return sweep_dir, results
 
+
+def test_end_to_end_multirun_with_glip_mini(tmp_path):
+    """The default suite's one real multirun: 2 tasks x 2 modes, one job failing, then resumed."""
+    grid = ["task=e2e/a,e2e/b", "shots='1'", "mode=prompt,linear", "seed=3"]
+    sweep_dir, results = _e2e_sweep(tmp_path, grid)
+    assert sorted(r["status"] for r in results.values()) == ["complete"] * 3 + ["failed"]
+    for r in results.values():  # the sweep's start record survives the job's own writes
+        assert r["host"] == socket.gethostname() and r["started_at"] and r["pid"] > 0
     from adapt.report import main as report_main
 
     assert report_main([str(sweep_dir)]) == 0
     md = (sweep_dir / "report" / "report.md").read_text()
-    assert "## Failed jobs (1)" in md and "e2e/b/linear/shots3_seed30" in md
+    assert "## Failed jobs (1)" in md and "e2e/b/linear/shots1_seed3" in md
     assert "### prompt tuning" in md and "### linear probing" in md
     rows = (sweep_dir / "report" / "report.csv").read_text().splitlines()
     assert rows[0].startswith("model,task,dataset,mode,shots,n_seeds,seeds,mean,std")
     pngs = list((sweep_dir / "report" / "plots").glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+
+
+@pytest.mark.slow
+def test_end_to_end_multirun_of_the_whole_grid(tmp_path):
+    grid = ["task=e2e/a,e2e/b", "shots='1','3'", "mode=prompt,linear", "seed=3,30"]
+    sweep_dir, results = _e2e_sweep(tmp_path, grid)
+    statuses = sorted(r["status"] for r in results.values())
+    assert statuses == ["complete"] * 14 + ["failed"] * 2, statuses
+    from adapt.report import main as report_main
+
+    assert report_main([str(sweep_dir)]) == 0
+    md = (sweep_dir / "report" / "report.md").read_text()
+    assert "## Failed jobs (2)" in md and "e2e/b/linear/shots3_seed30" in md
+
+
+def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
+    """kill -9 of a real training job after its first checkpoint: the folder still says who ran it."""
+    cmd = _adapt_run(
+        tmp_path,
+        "task=demo",
+        "mode=prompt",
+        "shots='1'",
+        "seed=3",
+        *SMALL_INPUT,
+        "trainer.max_epochs=100",
+        "trainer.progress_bar=false",
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    run_dir = tmp_path / "multirun" / "smoke" / "glip_mini" / "demo" / "prompt" / "shots1_seed3"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            record = sweep.read_results(run_dir) or {}
+            if record.get("val_history") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the job ended before its first checkpoint"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    record = sweep.read_results(run_dir)
+    assert record["status"] == "running" and record["pid"] == proc.pid  # the job's own process
+    assert record["host"] == socket.gethostname() and record["started_at"]
+    assert record["val_history"] and record["config"]["task"]["name"] == "demo"
+
+    from adapt.report import build_report, render_markdown
+
+    md = render_markdown(build_report(run_dir.parents[3], paper=None))
+    assert "## Running or interrupted jobs (1)" in md
+    assert f"started {record['started_at']} on {socket.gethostname()} (pid {proc.pid})" in md
+    assert "demo/prompt/shots1_seed3" in md

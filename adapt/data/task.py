@@ -102,8 +102,6 @@ class Task:
     caption_prompts: list[CaptionPrompt | None] | None
     splits: dict[str, SplitFiles]
     fewshot_files: dict[str, str | None] = field(default_factory=dict)
-    val_split: str = "val"
-    test_split: str = "test"
     drop_background: bool = True
     check_names: bool = True
     max_dets: int = 100
@@ -313,8 +311,6 @@ def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task:
         caption_prompts=caption_prompts,
         splits=splits,
         fewshot_files={"train": c.get("fewshot_train_json"), "val": c.get("fewshot_val_json")},
-        val_split=str(c.get("val_split") or "val"),
-        test_split=str(c.get("test_split") or "test"),
         drop_background=drop_background,
         check_names=check_names,
         max_dets=int(c.get("max_dets") or 100),

@@ -27,6 +27,15 @@ from adapt.prompt import EncodedPrompt
 Batch = dict[str, Any]
 
 
+def steps_per_period(images: int, copies: int, batch_size: int) -> int:
+    """Optimiser steps in one evaluation period: copies * N // batch (at least one).
+
+    A function of the counts alone, so that the sweep cost estimate (benchmarks/odinw) uses the
+    very formula the training runs by.
+    """
+    return max(images * copies // batch_size, 1)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch, sample)."""
     return (seed * 1_000_003 + epoch * 10_007 + index) % (2**63 - 1)
@@ -156,8 +165,8 @@ class TaskDataModule(L.LightningDataModule):
         return self._datasets[split]
 
     def steps_per_epoch(self) -> int:
-        """Optimiser steps in one evaluation period: copies * N // batch (at least one)."""
-        return max(len(self.split("train")) * self.copies // self.batch_size, 1)
+        """Optimiser steps in one evaluation period (see `steps_per_period`)."""
+        return steps_per_period(len(self.split("train")), self.copies, self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         data = CopiedDataset(self.split("train"), self.copies, self.seed)

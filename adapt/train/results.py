@@ -1,9 +1,11 @@
-"""``results.json``: the one record of a run that the report, the sweep and users read.
+"""What a training job records in ``results.json``, the one record of a run.
 
-Schema in docs/DESIGN.md. The file is rewritten atomically (temp file, then ``os.replace``) after
-every evaluation with status "running", so a run killed mid-way still shows its history, and once
-more at the end with status "complete". Peak memory is the CUDA allocator's peak on GPU and the
-process's maximum resident set size on CPU.
+Schema in docs/DESIGN.md. The job merges its fields into the file (``adapt.record.update_record``,
+atomic) after every evaluation with status "running", so a run killed mid-way still shows its
+history, and once more at the end with status "complete". Merging keeps what the sweep wrote when
+the job started (host, pid, start time, SLURM ids), and a resumed run's validation history and time
+so far until its next evaluation replaces them. Peak memory is the CUDA allocator's peak on GPU and
+the process's maximum resident set size on CPU.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from adapt.atomic import write_json
-from adapt.sweep import RESULTS_FILE, normalize_shots
+from adapt.record import RESULTS_FILE, composed_config, update_record
+from adapt.sweep import STALE_AT_START, normalize_shots
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
@@ -71,40 +73,26 @@ def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
     return info
 
 
-def composed_config(cfg: DictConfig | Mapping[str, Any]) -> Any:
-    """The job's composed config as plain data (interpolations resolved where they can be)."""
-    if not isinstance(cfg, DictConfig):
-        return dict(cfg)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an interpolation that needs a running Hydra job
-        return OmegaConf.to_container(cfg, resolve=False)
-
-
 class RunRecord:
-    """Accumulates a run's results and writes them to ``<run_dir>/results.json``."""
+    """A training job's fields of ``<run_dir>/results.json``, merged into the file on every write.
+
+    ``data`` holds what this job has set; fields it has not set yet (a resumed run's earlier
+    history, the sweep's start record) stay as they are on disk.
+    """
 
     def __init__(self, run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str, Any]) -> None:
-        self.path = Path(run_dir) / RESULTS_FILE
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / RESULTS_FILE
         self.data: dict[str, Any] = {
             "status": "running",
             "task": _get(cfg, "task.id") or _get(cfg, "task.name"),
             "model": _get(cfg, "model.name"),
-            "checkpoint": None,
             "mode": _get(cfg, "mode.name"),
             "shots": normalize_shots(_get(cfg, "shots.k")),
             "seed": _get(cfg, "seed"),
-            "val_history": [],
-            "best_step": None,
-            "best_val_ap": None,
-            "test": None,
-            "params": None,
-            "wall_time_s": None,
-            "resumed": False,
-            "peak_memory_mb": None,
-            "machine": None,
             "config": composed_config(cfg),
         }
+        self._started = False
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -112,7 +100,9 @@ class RunRecord:
     def write(self, status: str | None = None) -> Path:
         if status is not None:
             self.data["status"] = status
-        write_json(self.data, self.path)
+        # The first write starts this attempt: how an earlier one ended no longer holds.
+        update_record(self.run_dir, self.data, drop=() if self._started else STALE_AT_START)
+        self._started = True
         return self.path
 
 

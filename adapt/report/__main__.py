@@ -1,0 +1,7 @@
+"""`python -m adapt.report SWEEP_DIR` (see adapt.report)."""
+
+import sys
+
+from adapt.report.cli import main
+
+sys.exit(main())

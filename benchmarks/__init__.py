@@ -1,0 +1,1 @@
+"""Benchmarks of adapt: measured speed and the ODinW reproduction (see README.md here)."""
