@@ -7,10 +7,12 @@ would only fail when decoded: in the first evaluation, or in the test after hour
 `check_images` decodes each file once, before training, in a thread pool (Pillow releases the GIL
 while decoding).
 
-Cost, measured on a 2-core CPU shared with other jobs: the embedded demo's 11 images take about
-0.04 s; 640x640 JPEGs take about 8 ms each (one core), 4000x3000 photos about 120 ms each in
-draft mode against 390 ms for a full decode. That is less than one pass of the evaluation it
-protects, since every evaluation decodes the same files at full size and runs the model on them.
+Cost (`benchmarks/data_preflight.py`, 2-vCPU AMD EPYC shared with other jobs at load ~12, so
+upper bounds): the demo's 11 images take 27 ms (opening its three splits 29 ms); 640x640 JPEGs
+10 ms an image and 4000x3000 photos 180 ms an image on one thread, against 22 and 500 ms for the
+full decode that training does. Every evaluation decodes the same files at full size and runs the
+model on them, so the check costs less than one evaluation pass of what it protects. A header-only
+check (`Image.verify` reads no JPEG data) would miss a truncated body, which is what an interrupted copy or download leaves.
 """
 
 from __future__ import annotations

@@ -146,3 +146,18 @@ def test_resume_from_a_truncated_last_ckpt_stops_before_training(tmp_path):
 def test_an_intact_last_ckpt_passes(tmp_path):
     _archive(tmp_path / "last.ckpt")
     check_resume_file(tmp_path / "last.ckpt")
+
+
+def test_an_interruption_before_any_checkpoint_says_a_rerun_starts_afresh(tmp_path, caplog):
+    from adapt.train.job import _record_interruption
+    from adapt.train.results import RunClock, RunRecord
+
+    record = RunRecord(tmp_path, compose_job("shots='1'"))
+    with caplog.at_level("WARNING"):
+        _record_interruption(record, RunClock(), tmp_path / "checkpoints" / "last.ckpt")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["resume_from"] is None
+    assert caplog.messages == [
+        f'interrupted by SIGTERM: {tmp_path / "results.json"} says "interrupted"; no evaluation period '
+        "had completed, so running the command again starts it afresh"
+    ]
