@@ -12,7 +12,8 @@ upper bounds): the demo's 11 images take 27 ms (opening its three splits 29 ms);
 10 ms an image and 4000x3000 photos 180 ms an image on one thread, against 22 and 500 ms for the
 full decode that training does. Every evaluation decodes the same files at full size and runs the
 model on them, so the check costs less than one evaluation pass of what it protects. A header-only
-check (`Image.verify` reads no JPEG data) would miss a truncated body, which is what an interrupted copy or download leaves.
+check (`Image.verify` reads no JPEG data) would miss a truncated body, which is what an interrupted
+copy or download leaves.
 """
 
 from __future__ import annotations
