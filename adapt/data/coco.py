@@ -4,6 +4,13 @@ Validation happens once, when a split is opened, so a broken file fails in secon
 and the offending entry instead of hours later inside a DataLoader worker. The dataset reproduces
 the official loaders (spec 4.4): the training split drops crowd boxes and images whose boxes are
 all degenerate (w or h <= 1) or absent; evaluation splits keep every image.
+
+Boxes are corrected once, when a file is loaded (`fix_boxes`): a box with non-positive width or
+height, or lying wholly outside its image, is dropped, and one that crosses the image border is
+clipped to it, with a warning that counts them. The official code evaluates against the raw file,
+where such boxes can never be matched by a detector (its boxes are clipped to the image), so a
+perfect detector scored below 100; here training targets and the COCOeval ground truth are the
+same corrected boxes.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from adapt.data.errors import DataError, DataWarning
-from adapt.data.io import read_image, read_json
+from adapt.data.io import image_size, read_image, read_json
 from adapt.data.transforms import clip_boxes
 
 log = logging.getLogger(__name__)
@@ -32,13 +39,16 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 
-def load_coco_json(path: str | Path, drop_background: bool = True) -> Json:
+def load_coco_json(
+    path: str | Path, drop_background: bool = True, split: str | None = None, fix: bool = True
+) -> Json:
     """Read and validate a COCO detection file; optionally drop Roboflow's background category.
 
     Roboflow exports carry a category with id 0 named after the whole dataset (supercategory
     "none"); the official ODinW files (`annotations_without_background.json`) delete it so that
     ids start at 1 and no "background" phrase enters the prompt. `drop_background` does the same to
-    any file, along with annotations that point to it.
+    any file, along with annotations that point to it. `fix` corrects boxes against the sizes the
+    file records (`fix_boxes`, module docstring); `split` only names the split in its warning.
     """
     path = Path(path)
     data = read_json(path)
@@ -49,7 +59,92 @@ def load_coco_json(path: str | Path, drop_background: bool = True) -> Json:
         data["categories"] = [c for c in data["categories"] if c["id"] != 0]
         data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 0]
         log.info("%s: dropped background category 0 (%d annotations)", path, dropped)
+    if fix:
+        data = fix_boxes(data, path, recorded_sizes(data), split=split)
     return data
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_number(value: Any) -> bool:
+    return _finite_number(value) and value > 0
+
+
+def recorded_sizes(data: Json) -> dict[Any, tuple[float, float]]:
+    """(width, height) of each image whose entry records a usable size; others are left out."""
+    return {
+        img["id"]: (img["width"], img["height"])
+        for img in data["images"]
+        if _positive_number(img.get("width")) and _positive_number(img.get("height"))
+    }
+
+
+def _ids(values: Sequence[Any], shown: int = 5) -> str:
+    listed = ", ".join(map(str, values[:shown]))
+    return listed + (f" and {len(values) - shown} more" if len(values) > shown else "")
+
+
+def fix_boxes(
+    data: Json,
+    path: str | Path,
+    sizes: Mapping[Any, tuple[float, float]],
+    split: str | None = None,
+    only: Collection[Any] | None = None,
+) -> Json:
+    """Drop empty or off-image boxes and clip border-crossing ones to their image; warn with counts.
+
+    `sizes` maps image id -> (width, height) of the pixels the model sees; an image without a
+    size only loses boxes of non-positive width or height. Clipping works in COCO's continuous
+    xywh (x + w <= W), which is exactly the +1-convention clip (x2 = x + w - 1 <= W - 1) that
+    training applies, so the training targets equal the evaluation ground truth. `area` (COCOeval's
+    small/medium/large) is capped at the clipped box and filled with w * h where absent, and a
+    missing `iscrowd` becomes 0: COCOeval needs both and would otherwise fail after training.
+    `only` restricts the check to those image ids. Returns a new dict; `data` is not modified.
+    """
+    empty, outside, clipped = [], [], []
+    kept = []
+    for ann in data["annotations"]:
+        if only is not None and ann["image_id"] not in only:
+            kept.append(ann)
+            continue
+        x, y, w, h = ann["bbox"]
+        if w <= 0 or h <= 0:
+            empty.append(ann["id"])
+            continue
+        fixed = dict(ann)
+        if not _finite_number(ann.get("area")):
+            fixed["area"] = w * h
+        fixed.setdefault("iscrowd", 0)
+        size = sizes.get(ann["image_id"])
+        if size is not None:
+            x1, y1 = max(x, 0), max(y, 0)
+            x2, y2 = min(x + w, size[0]), min(y + h, size[1])
+            if x2 <= x1 or y2 <= y1:
+                outside.append(ann["id"])
+                continue
+            if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+                clipped.append(ann["id"])
+                fixed["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+                fixed["area"] = min(fixed["area"], (x2 - x1) * (y2 - y1))
+        kept.append(fixed)
+    if empty or outside or clipped:
+        parts = []
+        if empty:
+            parts.append(f"dropped {len(empty)} with non-positive width or height (ids {_ids(empty)})")
+        if outside:
+            parts.append(f"dropped {len(outside)} lying wholly outside their image (ids {_ids(outside)})")
+        if clipped:
+            parts.append(f"clipped {len(clipped)} to their image (ids {_ids(clipped)})")
+        where = f"{path} ({split} split)" if split else str(path)
+        warnings.warn(
+            f"{where}: of {len(data['annotations'])} boxes, {'; '.join(parts)}; "
+            "training and evaluation both use the corrected boxes",
+            DataWarning,
+            stacklevel=3,
+        )
+    return dict(data, annotations=kept)
 
 
 def validate_coco(data: Any, path: Path) -> None:
@@ -78,10 +173,17 @@ def validate_coco(data: Any, path: Path) -> None:
         if cat["id"] in cat_ids:
             raise DataError(f"{path}: duplicate category id {cat['id']}")
         cat_ids.add(cat["id"])
-    for ann in data["annotations"]:
+    ann_ids: set[Any] = set()
+    for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(f"{path}: annotation is not an object: {str(ann)[:200]}")
-        aid = ann.get("id", "?")
+        if "id" not in ann:
+            raise DataError(f"{path}: annotation number {i + 1} has no id: {str(ann)[:200]}")
+        aid = ann["id"]
+        if aid in ann_ids:
+            # pycocotools indexes annotations by id: the second would silently replace the first.
+            raise DataError(f"{path}: duplicate annotation id {aid!r}")
+        ann_ids.add(aid)
         if ann.get("image_id") not in image_ids:
             raise DataError(f"{path}: annotation {aid} refers to unknown image id {ann.get('image_id')}")
         if ann.get("category_id") not in cat_ids:
@@ -95,6 +197,12 @@ def validate_coco(data: Any, path: Path) -> None:
             or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)
         ):
             raise DataError(f"{path}: annotation {aid} has an invalid bbox {box!r} (need 4 finite numbers)")
+
+
+def unreadable_images_error(problems: Sequence[str], where: str) -> DataError:
+    """One sentence for one or many unreadable images: the first in full, the rest counted."""
+    more = f" ({len(problems) - 1} more images are unreadable too)" if len(problems) > 1 else ""
+    return DataError(f"{problems[0]}; it is listed in {where}{more}")
 
 
 def coco_from_dict(data: Json) -> COCO:
@@ -152,12 +260,20 @@ class CocoDetection(Dataset):
             raise DataError(f"{self.ann_file}: annotations use category ids {unknown} not in the task")
         data = dict(data)
         data["categories"] = [c for c in data["categories"] if c["id"] in self.label_of]
+        # The stored pixels, read from each file's header: what the model sees and boxes are clipped to.
+        self.stored_sizes: dict[Any, tuple[int, int]] | None = None
+        if check_files:
+            self.stored_sizes = self._read_sizes(data)
+            data = self._fix_to_stored_sizes(data, self.stored_sizes)
         self.coco = coco_from_dict(data)
         self.stats: dict[str, int] = defaultdict(int)
         self.ids = self._select_images()
         self._check_categories()
-        if check_files:
-            self._check_files()
+
+    @property
+    def where(self) -> str:
+        """The annotation file and split, as errors and warnings name them."""
+        return f"{self.ann_file} ({self.split} split)"
 
     def _select_images(self) -> list[int]:
         ids = sorted(self.coco.imgs)
@@ -204,18 +320,53 @@ class CocoDetection(Dataset):
                 stacklevel=3,
             )
 
-    def _check_files(self) -> None:
-        missing = [
-            self.coco.imgs[i]["file_name"]
-            for i in self.ids
-            if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()
-        ]
+    def _read_sizes(self, data: Json) -> dict[Any, tuple[int, int]]:
+        """Open the header of every image this split can read: a missing or unreadable file fails
+        now, in seconds, rather than in a DataLoader worker hours into a run.
+
+        The training split only reads images with a non-crowd box; the others are dropped anyway.
+        """
+        annotated = {a["image_id"] for a in data["annotations"] if _usable(a)}
+        wanted = [img for img in data["images"] if not self.train or img["id"] in annotated]
+        missing, broken, sizes = [], [], {}
+        for img in wanted:
+            path = self.image_dir / img["file_name"]
+            if not path.is_file():
+                missing.append(img["file_name"])
+                continue
+            try:
+                sizes[img["id"]] = image_size(path)
+            except DataError as exc:
+                broken.append(str(exc))
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise DataError(
-                f"{self.ann_file}: {len(missing)} of {len(self.ids)} images missing "
+                f"{self.where}: {len(missing)} of {len(wanted)} images missing "
                 f"under {self.image_dir}: {shown}"
             )
+        if broken:
+            raise unreadable_images_error(broken, self.where)
+        return sizes
+
+    def _fix_to_stored_sizes(self, data: Json, stored: Mapping[Any, tuple[int, int]]) -> Json:
+        """Clip boxes of images whose file size differs from (or is absent in) the annotation file."""
+        recorded = recorded_sizes(data)
+        differ = {i: hw for i, hw in stored.items() if recorded.get(i) != hw}
+        if not differ:
+            return data
+        conflicts = [i for i in differ if i in recorded]
+        if conflicts:
+            first = conflicts[0]
+            name = next(img["file_name"] for img in data["images"] if img["id"] == first)
+            warnings.warn(
+                f"{self.where}: {len(conflicts)} images are stored at another size than the file records "
+                f"(e.g. {name}: {differ[first][0]}x{differ[first][1]} stored, "
+                f"{recorded[first][0]}x{recorded[first][1]} recorded); their boxes are clipped to the "
+                "stored pixels (EXIF orientation is not applied, as officially)",
+                DataWarning,
+                stacklevel=4,
+            )
+        return fix_boxes(data, self.ann_file, differ, split=self.split, only=set(differ))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -229,7 +380,8 @@ class CocoDetection(Dataset):
         path = self.image_dir / info["file_name"]
         image = read_image(path)
         hw = (image.height, image.width)
-        if "width" in info and "height" in info and (info["height"], info["width"]) != hw:
+        known = self.stored_sizes is not None  # then a size conflict was reported when the split opened
+        if not known and "width" in info and "height" in info and (info["height"], info["width"]) != hw:
             warnings.warn(
                 f"{path}: stored size {hw[1]}x{hw[0]} differs from {self.ann_file}'s "
                 f"{info['width']}x{info['height']}; "

@@ -153,14 +153,14 @@ class Task:
         if split != "test" and isinstance(shots, int) and shots > 0:
             prepared = self.prepared_file(split, shots, seed)
             if prepared is not None:
-                ann_file, data = prepared, self._load(prepared)
+                ann_file, data = prepared, self._load(prepared, split)
             else:
                 data = fewshot.sample_fewshot(
-                    self._load(files.json), shots, seed, source=f"{files.json} ({split})"
+                    self._load(files.json, split), shots, seed, source=f"{files.json} ({split})"
                 )
             label = f"{split}, {shots}-shot, seed {seed}"
         else:
-            data = self._load(files.json)
+            data = self._load(files.json, split)
         train = split == "train"
         if isinstance(transforms, str) and transforms == "default":
             transforms = build_transforms(train)
@@ -187,10 +187,10 @@ class Task:
             raise DataError(f"task {self.id}: no {split} annotation file configured (task.{split}_json)")
         return files
 
-    def _load(self, path: Path) -> dict[str, Any]:
+    def _load(self, path: Path, split: str) -> dict[str, Any]:
         """Load (once) and check that the file's categories are the task's label space."""
         if path not in self._cache:
-            data = load_coco_json(path, drop_background=self.drop_background)
+            data = load_coco_json(path, drop_background=self.drop_background, split=split)
             cats = {c["id"]: c["name"] for c in data["categories"]}
             if sorted(cats) != sorted(self.category_ids):
                 raise DataError(
@@ -233,7 +233,8 @@ def _categories_from_json(
 ) -> tuple[list[int], list[str]]:
     for files in splits.values():
         if files.json is not None and files.json.is_file():
-            data = load_coco_json(files.json, drop_background=drop_background)
+            # Only the categories are read here; the split's own load fixes and reports its boxes.
+            data = load_coco_json(files.json, drop_background=drop_background, fix=False)
             cats = sorted(data["categories"], key=lambda c: c["id"])
             return [c["id"] for c in cats], [c["name"] for c in cats]
     wanted = ", ".join(str(f.json) for f in splits.values() if f.json is not None) or "none configured"

@@ -10,11 +10,14 @@ sees, whatever the number of workers.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -115,6 +118,19 @@ class GLIPCollate:
         return {"images": batch, "image_sizes": sizes, "targets": out_targets}
 
 
+def init_worker(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: the main process stops the run and shuts them down.
+
+    A SIGTERM sent to the whole process group (SLURM, `timeout`, a shell killing the job) reaches
+    the workers too; torch's worker handler then dies by the signal, and the main process reports
+    "DataLoader worker is killed by signal" in a traceback instead of stopping cleanly. Lightning's
+    worker seeding (`seed_everything(workers=True)`) is kept, since setting this function replaces it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
+
+
 class TaskDataModule(L.LightningDataModule):
     """Train (few-shot, copied), val and test splits of a task for one run.
 
@@ -180,6 +196,7 @@ class TaskDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self.collate,
             persistent_workers=False,
+            worker_init_fn=init_worker,
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -189,6 +206,7 @@ class TaskDataModule(L.LightningDataModule):
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=self.collate,
+            worker_init_fn=init_worker,
         )
 
     def val_dataloader(self) -> DataLoader:

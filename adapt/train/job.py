@@ -18,22 +18,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import threading
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from adapt import sweep
 from adapt.atomic import write_json
 from adapt.data import build_task
+from adapt.data.validate import check_images
 from adapt.download import require_checkpoint, require_dataset, sha256_of
 from adapt.evaluate import detections_to_coco, evaluate
-from adapt.model import GLIP, GLIPConfig, build_glip, load_checkpoint
+from adapt.model import GLIP, CheckpointError, GLIPConfig, build_glip, load_checkpoint
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
 from adapt.train.datamodule import TaskDataModule
 from adapt.train.export import export_run, model_identity
@@ -160,6 +165,51 @@ def resume_checkpoint(setting: Any, last: Path) -> str | None:
     return None
 
 
+def check_resume_file(path: Path) -> None:
+    """Refuse a `last.ckpt` that is not a complete torch archive, in one sentence with the way out.
+
+    A checkpoint torn by a full disk or a kill while Lightning wrote it (Lightning writes in place,
+    not by rename) otherwise surfaces as torch's "failed finding central directory" traceback.
+    The archive's CRCs are checked too (one read of the file, which the load then finds cached).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        problem = None if bad is None else f"member {bad} fails its CRC check"
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        problem = str(exc) or type(exc).__name__
+    if problem is not None:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({problem}), so the run cannot resume from it: "
+            "run again with resume=false to start over (it is then replaced), or delete it"
+        )
+
+
+class Interrupted(SIGTERMException):
+    """SIGTERM outside Lightning's loops, raised at once; inside them Lightning raises its
+    SIGTERMException at the next batch boundary, so a checkpoint being written is never torn."""
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    # Lightning's handler calls this one too while it is installed; it then stops the run itself.
+    if signal.getsignal(signal.SIGTERM) is _raise_on_sigterm:
+        raise Interrupted(128 + signum)
+
+
+def _record_interruption(record: RunRecord, clock: RunClock, last: Path) -> None:
+    """Status "interrupted" in results.json, and the one line that says how to continue."""
+    resume_from = str(last) if last.is_file() else None
+    record.update(resume_from=resume_from, wall_time_s=clock.elapsed_s())
+    record.write("interrupted")
+    how = (
+        f"run the same command with resume=true to continue from {last} (the last completed "
+        "evaluation period)"
+        if resume_from
+        else "no evaluation period had completed, so running the command again starts it afresh"
+    )
+    log.warning('interrupted by SIGTERM: %s says "interrupted"; %s', record.path, how)
+
+
 def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     """The job body (see the module docstring); raises on any failure."""
     # Frozen parts run in eval mode on purpose (the official module modes, see adapt.train.modes).
@@ -193,6 +243,10 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         eval_batch_size=int(cfg.trainer.eval_batch_size),
         num_workers=int(cfg.trainer.num_workers),
     )
+
+    # Pre-flight: every split this run reads is opened now (annotations validated, boxes fixed,
+    # image headers read) and every image decoded, so a broken test file fails before training.
+    check_images(dm.split(s) for s in (("train", "val", "test") if trains else ("val", "test")))
 
     def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         detections, targets = predictions_and_targets(predictions)
@@ -229,10 +283,15 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             )
         )
     logger = build_logger(cfg, run_dir)
+    # Signal handlers can only be set from the main thread (a threaded launcher runs jobs elsewhere).
+    on_main = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm) if on_main else None
     try:
         trainer = build_trainer(cfg, run_dir, callbacks, logger, max_periods(cfg))
         if trains:
             resume_from = resume_checkpoint(cfg.get("resume"), ckpt_dir / LAST_CKPT)
+            if resume_from is not None:
+                check_resume_file(Path(resume_from))
             trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
             if protocol.evaluated_step != module.global_step or not protocol.history:
                 trainer.validate(module, datamodule=dm, verbose=False)  # the final weights count too
@@ -273,7 +332,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         print_summary(record.data, path, export_dir)
         return test["ap"]
+    except SIGTERMException:
+        # Lightning's exception exits with status 0; the shell convention for SIGTERM is 143.
+        _record_interruption(record, clock, ckpt_dir / LAST_CKPT)
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         close_logger(logger)
 
 

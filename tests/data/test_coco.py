@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adapt.data.coco import CocoDetection, load_coco_json
+from adapt.data.coco import CocoDetection, load_coco_json, xywh_to_xyxy
 from adapt.data.errors import DataError, DataWarning
 from adapt.data.io import read_image
 
@@ -98,6 +98,17 @@ def test_missing_category_in_split_warns(tmp_path, make_coco):
             ' "annotations": [{"id": 7, "image_id": 1, "category_id": 5, "bbox": [0, 0, 1, 1]}]}',
             "unknown category id 5",
         ),
+        (
+            '{"images": [{"id": 1, "file_name": "a"}], "categories": [{"id": 1, "name": "a"}],'
+            ' "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]},'
+            ' {"id": 7, "image_id": 1, "category_id": 1, "bbox": [5, 5, 2, 2]}]}',
+            "duplicate annotation id 7$",
+        ),
+        (
+            '{"images": [{"id": 1, "file_name": "a"}], "categories": [{"id": 1, "name": "a"}],'
+            ' "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]}]}',
+            "annotation number 1 has no id",
+        ),
     ],
 )
 def test_malformed_annotation_files_name_file_and_problem(tmp_path, content, problem):
@@ -123,9 +134,16 @@ def test_missing_images_are_listed_before_training(tmp_path, make_coco):
 def test_truncated_and_unreadable_images_raise_with_the_file(tmp_path, make_coco):
     path = make_coco(tmp_path, "t.json", [{"file": "a.jpg", "size": (64, 48)}, {"file": "b.png"}])
     jpg = (tmp_path / "a.jpg").read_bytes()
-    (tmp_path / "a.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (tmp_path / "a.jpg").write_bytes(jpg[: len(jpg) // 2])  # so short that the header is cut
     (tmp_path / "b.png").write_bytes(b"definitely not a png")
-    ds = _dataset(path, train=False)
+    # found when the split is opened (headers are read), naming the image, the file and the split
+    with pytest.raises(DataError) as info:
+        _dataset(path, train=False, split="test")
+    assert str(info.value) == (
+        f"{tmp_path / 'a.jpg'}: image is truncated or corrupt (Truncated File Read); "
+        f"it is listed in {path} (test split) (1 more images are unreadable too)"
+    )
+    ds = _dataset(path, train=False, check_files=False)  # and still when read, if not checked first
     with pytest.raises(DataError, match=r"a\.jpg: image is truncated or corrupt"):
         ds[0]
     with pytest.raises(DataError, match=r"b\.png: not a readable image"):
@@ -155,10 +173,68 @@ def test_exif_rotation_is_ignored_like_the_official_loader(tmp_path, make_coco):
 def test_size_mismatch_with_json_warns_and_uses_stored_pixels(tmp_path, make_coco):
     path = make_coco(tmp_path, "t.json", [{"file": "a.png", "size": (64, 48), "boxes": [(1, 0, 0, 60, 40)]}])
     Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
-    ds = _dataset(path, train=False)
-    with pytest.warns(DataWarning, match="differs"):
-        _, target = ds[0]
+    with pytest.warns(
+        DataWarning,
+        match=r"\(val split\): 1 images are stored at another size .*"
+        r"a\.png: 32x24 stored, 64x48 recorded",
+    ):
+        ds = _dataset(path, train=False, split="val")
+    _, target = ds[0]
     assert target["boxes"].tolist() == [[0.0, 0.0, 31.0, 23.0]]
+    assert ds.coco.anns[1]["bbox"] == [0, 0, 32, 24]  # the evaluation ground truth is clipped alike
+    unchecked = _dataset(path, train=False, check_files=False)
+    with pytest.warns(DataWarning, match="differs"):
+        _, target = unchecked[0]
+    assert target["boxes"].tolist() == [[0.0, 0.0, 31.0, 23.0]]
+
+
+def test_bad_boxes_are_dropped_or_clipped_with_a_warning_that_counts_them(tmp_path, make_coco):
+    boxes = [
+        (1, 4, 4, 10, 10),  # 1: fine
+        (1, 5, 5, 0, 10),  # 2: zero width
+        (2, 5, 5, 10, -3),  # 3: negative height
+        (1, -10, -10, 30, 30),  # 4: crosses the top-left corner
+        (2, 50, 40, 40, 40),  # 5: crosses the bottom-right corner
+        (1, 100, 100, 10, 10),  # 6: wholly outside
+        (2, -20, 5, 10, 10),  # 7: wholly outside, to the left
+        (1, 0, 0, 64, 48),  # 8: the whole image, not clipped
+    ]
+    path = make_coco(tmp_path, "t.json", [{"file": "a.png", "size": (64, 48), "boxes": boxes}])
+    with pytest.warns(DataWarning) as caught:
+        data = load_coco_json(path, split="test")
+    assert [str(w.message) for w in caught] == [
+        f"{path} (test split): of 8 boxes, dropped 2 with non-positive width or height (ids 2, 3); "
+        "dropped 2 lying wholly outside their image (ids 6, 7); clipped 2 to their image (ids 4, 5); "
+        "training and evaluation both use the corrected boxes"
+    ]
+    assert {a["id"]: a["bbox"] for a in data["annotations"]} == {
+        1: [4, 4, 10, 10],
+        4: [0, 0, 20, 20],
+        5: [50, 40, 14, 8],
+        8: [0, 0, 64, 48],
+    }
+    assert {a["id"]: a["area"] for a in data["annotations"]} == {1: 100, 4: 400, 5: 112, 8: 3072}
+    # training targets are the evaluation ground truth (+1 convention), box for box
+    for train in (True, False):
+        ds = CocoDetection(data, path, tmp_path, [1, 2], train=train)
+        _, target = ds[0]
+        gt = torch.tensor([a["bbox"] for a in ds.coco.imgToAnns[ds.ids[0]]], dtype=torch.float32)
+        assert target["boxes"].tolist() == xywh_to_xyxy(gt).tolist()
+
+
+def test_missing_area_and_iscrowd_are_filled_for_cocoeval(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+                "categories": [{"id": 1, "name": "cat"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 20]}],
+            }
+        )
+    )
+    (ann,) = load_coco_json(path)["annotations"]
+    assert ann["area"] == 200 and ann["iscrowd"] == 0
 
 
 def test_unknown_category_for_the_task_is_an_error(tmp_path, make_coco):

@@ -12,6 +12,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from adapt.data.transforms import build_transforms
 from adapt.evaluate import detections_to_coco, evaluate, main
 from tests.data.conftest import write_coco
 
@@ -146,3 +147,36 @@ def test_cli_names_bad_detection_file(files, tmp_path, capsys):
     bad.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
     assert main(["--gt", str(gt), "--dt", str(bad)]) == 2
     assert "dt.json: results for image ids not in the ground truth: [999]" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::adapt.data.errors.DataWarning")
+def test_a_perfect_detector_scores_100_on_a_split_with_bad_boxes(tmp_path):
+    """Boxes of non-positive size or outside the image used to cost a perfect detector AP."""
+    from adapt.data import build_task
+
+    images = [
+        {
+            "file": "a.png",
+            "size": (64, 48),
+            "boxes": [(1, 4, 4, 20, 20), (1, -10, -10, 30, 30), (2, 5, 5, 0, 9)],
+        },
+        {"file": "b.png", "size": (64, 48), "boxes": [(2, 30, 20, 40, 40), (2, 100, 100, 10, 10)]},
+        {"file": "c.png", "size": (64, 48), "boxes": [(1, 8, 8, 16, 16), (2, 10, 10, 12, -4)]},
+    ]
+    gt = write_coco(tmp_path, "test.json", images, ("cat", "dog"))
+    task = build_task(
+        {"id": "t", "data_root": str(tmp_path), "test_json": "test.json", "val_json": "test.json"}
+    )
+    ds = task.dataset("test", transforms=build_transforms(False, min_size_test=96, max_size_test=160))
+    # the detector predicts exactly the targets the model trains on, in network-input pixels
+    targets = [ds[i][1] for i in range(len(ds))]
+    predictions = [
+        {"boxes": t["boxes"], "scores": torch.ones(len(t["labels"])), "labels": t["labels"]} for t in targets
+    ]
+    detections = detections_to_coco(predictions, targets, task.category_ids)
+    assert evaluate(ds.coco, detections)["ap"] == pytest.approx(100.0)  # the run's ground truth
+    assert evaluate(gt, detections)["ap"] == pytest.approx(100.0)  # python -m adapt.evaluate's
+    # against the raw file (what pycocotools alone does) the same detections fall short
+    dt = tmp_path / "dt.json"
+    dt.write_text(json.dumps(detections))
+    assert _pycocotools(gt, dt).stats[0] * 100 < 80
