@@ -411,9 +411,11 @@ def grid_from_multirun(path: str | os.PathLike[str]) -> tuple[set[GridPoint], li
             axes[_GRID_KEYS[parsed[0]]] = parsed[1]
     choices = (hydra.get("runtime") or {}).get("choices") or {}
     conf = OmegaConf.create({k: v for k, v in cfg.items() if k != "hydra"})
+    # shots is a plain value; sweeps made while it was a config group hold `shots.k`
+    shots_key = "shots.k" if OmegaConf.is_dict(conf.get("shots")) else "shots"
     fallback = {
         "task": choices.get("task") or OmegaConf.select(conf, "task.id", default=None),
-        "shots": choices.get("shots") or OmegaConf.select(conf, "shots.k", default=None),
+        "shots": choices.get("shots") or OmegaConf.select(conf, shots_key, default=None),
         "mode": choices.get("mode") or OmegaConf.select(conf, "mode.name", default=None),
         "model": choices.get("model") or OmegaConf.select(conf, "model.name", default=None),
         "seed": OmegaConf.select(conf, "seed", default=None),

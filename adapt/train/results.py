@@ -92,7 +92,7 @@ class RunRecord:
             "model": _get(cfg, "model.name"),
             "checkpoint": None,
             "mode": _get(cfg, "mode.name"),
-            "shots": normalize_shots(_get(cfg, "shots.k")),
+            "shots": normalize_shots(_get(cfg, "shots")),
             "seed": _get(cfg, "seed"),
             "val_history": [],
             "best_step": None,

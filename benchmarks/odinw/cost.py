@@ -22,7 +22,7 @@ Measured (random, seeded weights: speed does not depend on them), on ``--device`
   official test size 800 x 1333, forward and post-processing, the job's ``validation_step``).
 * FLOPs per training step and per evaluated image, counted by ``torch.utils.flop_counter``.
 
-It then combines them with the protocol (``conf/sweep/odinw13.yaml``, ``conf/shots/*.yaml``) and
+It then combines them with the protocol (``conf/sweep/odinw13.yaml``, ``conf/recipe/official.yaml``) and
 the dataset sizes (``odinw13_sizes.csv``, glip_spec.md 4.1) into the README's GPU-hours table, with
 the number of evaluation periods E either read from a finished sweep (``--sweep``) or bounded by
 the protocol (early-stop patience + 1 <= E <= epochs).
@@ -107,7 +107,7 @@ def load_sizes(path: str | Path = SIZES_CSV) -> list[TaskSize]:
 
 @dataclass(frozen=True)
 class ShotsRecipe:
-    """``conf/shots/<k>.yaml``: copies of the training set per period, max periods, early-stop patience."""
+    """A row of ``conf/recipe/official.yaml``: set copies per period, max periods, early-stop patience."""
 
     shots: Shots
     copies: int
@@ -126,9 +126,9 @@ class ShotsRecipe:
 
 def load_shots_recipes(conf: str | Path = CONF) -> dict[Shots, ShotsRecipe]:
     recipes: dict[Shots, ShotsRecipe] = {}
-    for path in sorted((Path(conf) / "shots").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        shots = normalize_shots(data["k"])
+    table = yaml.safe_load((Path(conf) / "recipe" / "official.yaml").read_text(encoding="utf-8"))["by_shots"]
+    for key, data in table.items():
+        shots = normalize_shots(key)
         recipes[shots] = ShotsRecipe(
             shots=shots,
             copies=int(data["copies"]),
@@ -596,10 +596,9 @@ def _trainer(setup: Setup, callbacks: list[L.Callback], root: Path) -> L.Trainer
 
     t = OmegaConf.load(CONF / "trainer" / "default.yaml")
     t.accelerator = "gpu" if setup.device.startswith("cuda") else "cpu"
-    t.progress_bar = False
-    t.max_steps = None
-    t.limit_eval_batches = None
-    trainer = build_trainer(OmegaConf.create({"trainer": t}), root, callbacks, None, max_epochs=1)
+    t.enable_progress_bar = False
+    t.max_epochs = 1
+    trainer = build_trainer(OmegaConf.create({"trainer": t, "callbacks": {}}), root, callbacks, None)
     # Lightning adds a checkpoint callback by default; saving a full model is not part of a step.
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
     return trainer
@@ -611,8 +610,8 @@ def trainer_precision(device: str) -> str:
     return resolve_precision({"accelerator": "gpu" if device.startswith("cuda") else "cpu"})
 
 
-def trainer_defaults() -> dict[str, Any]:
-    return yaml.safe_load((CONF / "trainer" / "default.yaml").read_text(encoding="utf-8"))
+def data_defaults() -> dict[str, Any]:
+    return yaml.safe_load((CONF / "data" / "default.yaml").read_text(encoding="utf-8"))
 
 
 def _mode_cfg(mode: str) -> dict[str, Any]:
@@ -624,6 +623,7 @@ def build_module(model_name: str, mode: str, task: str, device: str = "cpu") -> 
 
     On ``device="meta"`` the model is built without memory or arithmetic (for counting FLOPs).
     """
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from adapt.data import build_task
@@ -641,9 +641,8 @@ def build_module(model_name: str, mode: str, task: str, device: str = "cpu") -> 
         model = build_glip(cfg)
     prompt = task_prompt(build_task(OmegaConf.load(CONF / "task" / f"{task}.yaml")), model)
     mode_cfg = _mode_cfg(mode)
-    module = GLIPAdaptation(
-        model, build_policy(mode_cfg), prompt, optimizer=mode_cfg.get("optimizer"), evaluator=_no_metrics
-    )
+    optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
+    module = GLIPAdaptation(model, build_policy(mode_cfg), prompt, optimizer=optimizer, evaluator=_no_metrics)
     return module.to(device)
 
 
@@ -1391,7 +1390,7 @@ def build_setup(args: argparse.Namespace, input_cfg: Mapping[str, Any]) -> Setup
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    trainer = trainer_defaults()
+    data = data_defaults()
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1403,10 +1402,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=MEASURABLE_MODES)
     parser.add_argument(
-        "--batch", type=int, default=int(trainer["batch_size"]), help="training batch (trainer default)"
+        "--batch", type=int, default=int(data["batch_size"]), help="training batch (conf/data default)"
     )
     parser.add_argument(
-        "--eval-batch", type=int, default=int(trainer["eval_batch_size"]), help="evaluation batch"
+        "--eval-batch", type=int, default=int(data["eval_batch_size"]), help="evaluation batch"
     )
     parser.add_argument("--reps", type=int, default=3, help="timed batches per configuration (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before each configuration")
