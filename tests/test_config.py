@@ -165,3 +165,17 @@ def test_the_modes_optimiser_is_adamw_over_the_official_groups():
     assert lrs["language_backbone.encoder.layer.0.attention.self.query.weight"] == 1e-5
     plateau = instantiate(cfg.recipe.lr_drop)(optimizer)
     assert (plateau.mode, plateau.factor, plateau.patience) == ("max", 0.1, 3)
+
+
+def test_any_lightning_logger_from_the_command_line(tmp_path):
+    """`logger=none +logger._target_=...`: a logger without a config file, given the run folder."""
+    from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+
+    from adapt.train.loggers import build_logger
+
+    assert build_logger(compose_with("logger=none"), tmp_path) is None
+    cfg = compose_with(
+        "logger=none", "+logger._target_=lightning.pytorch.loggers.CSVLogger", "+logger.name=mine"
+    )
+    logger = build_logger(cfg, tmp_path)
+    assert type(logger) is LightningCSVLogger and logger.log_dir.startswith(str(tmp_path / "mine"))

@@ -38,7 +38,7 @@ def job_cfg(
         "task": {"name": task},
         "model": {"name": model},
         "mode": {"name": mode},
-        "shots": {"k": shots},
+        "shots": shots,
         "seed": seed,
     }
     if in_sweep:
@@ -58,7 +58,7 @@ def test_normalize_shots(value, expected):
     assert sweep.normalize_shots(value) == expected
 
 
-@pytest.mark.parametrize("value", ["few", True, "5x", None])
+@pytest.mark.parametrize("value", ["few", True, "5x", None, -1, "-1"])
 def test_normalize_shots_rejects(value):
     with pytest.raises(ValueError):
         sweep.normalize_shots(value)
@@ -104,7 +104,7 @@ def _sweeper_axes(path: Path) -> dict[str, list[str]]:
 def test_odinw13_grid_collapses_to_the_papers_runs():
     axes = _sweeper_axes(CONF / "sweep" / "odinw13.yaml")
     assert [dataset_key(t) for t in axes["task"]] == list(ODINW13_KEYS)
-    assert axes["shots"] == ["0", "1", "3", "5", "10", "all"]
+    assert axes["shots"] == ["0", "1", "3", "5", "10", "all"]  # plain values, no quoting
     assert axes["mode"] == ["zero", "prompt", "linear", "full"]
     assert axes["seed"] == ["3", "30", "300"]
     points = [
@@ -137,6 +137,8 @@ def test_grid_point_reads_config_keys_and_prefers_choices():
     plain = OmegaConf.create(
         {"task": {"id": "x"}, "model": {"name": "m"}, "mode": {"name": "zero"}, "shots": 0}
     )
+    legacy = OmegaConf.merge(plain, {"shots": {"k": 3}, "seed": 1})  # shots as the old config group
+    assert sweep.grid_point(legacy).shots == 3
     assert sweep.grid_point(OmegaConf.merge(plain, {"seed": 1})).shots == 0
     with pytest.raises(KeyError, match="seed"):
         sweep.grid_point(plain)
@@ -258,8 +260,9 @@ def test_sweep_folders_are_deterministic(name):
     cfg = _compose_hydra(f"+sweep={name}")
     raw = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert "now:" not in raw["dir"] and "now:" not in raw["subdir"]
-    for key in ("task", "mode", "shots"):
+    for key in ("task", "mode"):
         assert f"choices.{key}" in raw["subdir"]
+    assert "shots${shots}" in raw["subdir"]  # the plain value: shots5, shotsall
     assert "${seed}" in raw["subdir"] and "choices.model" in raw["dir"]
     assert cfg.sweep.canonical_seed == 3 and cfg.sweep.rerun_complete is False
 
@@ -324,7 +327,6 @@ def _stub_project(root: Path) -> Path:
     for group, options in {
         "task": {"a": "name: a", "b": "name: b"},
         "mode": {m: f"name: {m}" for m in ("zero", "prompt", "linear")},
-        "shots": {s: f"k: {s}" for s in ("0", "1", "3", "all")},
         "model": {"glip_mini": "name: glip_mini"},
     }.items():
         (conf / group).mkdir(parents=True)
@@ -336,9 +338,9 @@ def _stub_project(root: Path) -> Path:
             defaults:
               - task: a
               - mode: prompt
-              - shots: "1"
               - model: glip_mini
               - _self_
+            shots: 1
             seed: 3
             hydra:
               searchpath: [file://{CONF}]
@@ -363,7 +365,7 @@ def _run_stub(root: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
     _stub_project(tmp_path)
-    grid = ["+sweep=smoke", "task=a,b", "shots='3'", "mode=prompt,linear", "seed=3,30"]
+    grid = ["+sweep=smoke", "task=a,b", "shots=3", "mode=prompt,linear", "seed=3,30"]
     first = _run_stub(tmp_path, *grid)
     assert first.returncode == 0, first.stderr[-3000:]
     trained = (tmp_path / "trained.txt").read_text().splitlines()
@@ -397,7 +399,7 @@ def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
 def test_stub_sweep_zero_shot_and_full_data_run_once_with_joblib(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     _stub_project(tmp_path)
-    grid = ["+sweep=smoke", "task=a", "shots='0',all", "mode=zero,prompt", "seed=3,30", "+launcher=joblib"]
+    grid = ["+sweep=smoke", "task=a", "shots=0,all", "mode=zero,prompt", "seed=3,30", "+launcher=joblib"]
     result = _run_stub(tmp_path, *grid)
     assert result.returncode == 0, result.stderr[-3000:]
     trained = sorted((tmp_path / "trained.txt").read_text().splitlines())
@@ -428,7 +430,7 @@ def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
     ]
     assert len(launches) == 54
     assert sum("mode=zero" in job for job in launches) == 2
-    assert all("shots='0'" in job and "seed=3" in job for job in launches if "mode=zero" in job)
+    assert all("shots=0" in job and "seed=3" in job for job in launches if "mode=zero" in job)
     assert all("seed=3 " in job + " " for job in launches if "shots=all" in job)
     assert not (tmp_path / "trained.txt").exists()
 
@@ -488,7 +490,7 @@ def test_end_to_end_multirun_with_glip_mini(tmp_path):
                 name: e2e/{name}
                 data_root: {tmp_path / "data" / name}
                 image_dir: images
-                train_json: train_${{mode.name}}_shots${{shots.k}}_seed${{seed}}.json
+                train_json: train_${{mode.name}}_shots${{shots}}_seed${{seed}}.json
                 val_json: val.json
                 test_json: test.json
                 categories: [box]
@@ -501,13 +503,14 @@ def test_end_to_end_multirun_with_glip_mini(tmp_path):
         "model=glip_mini",
         "trainer=debug",
         "logger=none",
+        "data.num_workers=0",
         # The test images are 96x64: keep them small instead of the official 800-pixel rescale.
         "model.arch.input.min_size_train=[64]",
         "model.arch.input.max_size_train=128",
         "model.arch.input.min_size_test=64",
         "model.arch.input.max_size_test=128",
         "task=e2e/a,e2e/b",
-        "shots='1','3'",
+        "shots=1,3",
         "mode=prompt,linear",
         "seed=3,30",
         f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
