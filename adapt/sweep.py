@@ -125,9 +125,9 @@ def grid_point(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] |
     """Read a job's grid coordinates.
 
     The config-group choices come first (`choices`, else the running Hydra job's), because they
-    are what a sweep's overrides and folder names use (`task=odinw/aquarium`, `shots='5'`);
-    outside Hydra the config's own keys stand in: `task.id` or `task.name`, `model.name`,
-    `mode.name`, `shots.k` (or a plain `shots`). The seed is always the config's `seed`.
+    are what a sweep's overrides and folder names use (`task=odinw/aquarium`); outside Hydra the
+    config's own keys stand in: `task.id` or `task.name`, `model.name`, `mode.name`. Shots and
+    seed are plain values, `shots` (`shots.k` in configs from when shots was a group) and `seed`.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
