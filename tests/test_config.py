@@ -146,7 +146,7 @@ def test_trainer_logger_callbacks_data_and_optimiser_are_target_nodes():
     accepted = set(inspect.signature(lightning.pytorch.Trainer).parameters)
     for option in options("trainer"):
         node = compose_with(f"trainer={option}").trainer
-        assert set(node) - {"_target_"} <= accepted, option
+        assert set(node) - {"_target_", "_convert_"} <= accepted, option
 
 
 def test_the_modes_optimiser_is_adamw_over_the_official_groups():
