@@ -12,7 +12,7 @@ Format (``"format": 1``)::
                       "launcher": "hydra._internal...BasicLauncher", "dry_run": false,
                       "points": 936, "launched": 520}],
      "jobs": [{"folder": "odinw/aquarium/prompt/shots5_seed3",     # relative to the manifest
-               "overrides": ["task=odinw/aquarium", "shots='5'", "mode=prompt", "seed=3"],
+               "overrides": ["task=odinw/aquarium", "shots=5", "mode=prompt", "seed=3"],
                "task": "odinw/aquarium", "model": "glip_t", "mode": "prompt", "shots": 5, "seed": 3,
                "dataset": "Aquarium", "paper_model": "GLIP-T",      # task.name, model.paper
                "decision": "launched", "reason": null, "decided_at": ...,

@@ -1,39 +1,21 @@
 """`python -m adapt.run`: adapt a pretrained GLIP to a task and report COCO AP.
 
-Hydra composes `adapt/conf/config.yaml` with the chosen task, model, mode, shots, trainer and
-logger; every run writes into its own folder (see `hydra.run.dir`).
+Hydra composes `adapt/conf/config.yaml` with the chosen task, model, mode, trainer, logger and
+callbacks, and plain values such as `shots=5` and `seed=30`; every run writes into its own folder
+(see `hydra.run.dir`).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-# Config groups whose option names are numbers (shots/5.yaml). Hydra parses `shots=5` as an int
-# and refuses it as a group choice, so the command line is quoted before Hydra reads it.
-NUMERIC_GROUPS = ("shots",)
-_PLAIN_CHOICE = re.compile(r"[0-9]+|[A-Za-z_][A-Za-z0-9_]*|'[^']*'|\"[^\"]*\"")
-
-
-def quote_numeric_choices(argv: list[str]) -> list[str]:
-    """`shots=5` -> `shots='5'`, `shots=1,3,all` -> `shots='1','3',all`; other arguments untouched."""
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        items = value.split(",")
-        if sep and key.lstrip("+~") in NUMERIC_GROUPS and all(_PLAIN_CHOICE.fullmatch(i) for i in items):
-            value = ",".join(f"'{i}'" if i.isdigit() else i for i in items)
-        out.append(f"{key}{sep}{value}")
-    return out
-
 
 def main() -> float | None:
     """Console entry point (`adapt`, `python -m adapt.run`)."""
-    sys.argv = [sys.argv[0], *quote_numeric_choices(sys.argv[1:])]
     return _main()
 
 
@@ -46,12 +28,14 @@ def _main(cfg: DictConfig) -> float | None:
     from adapt.download import DownloadError, MissingDataError
     from adapt.model.checkpoint import CheckpointError
     from adapt.prompt import PromptTooLongError
+    from adapt.train.config import ConfigError
     from adapt.train.export import ExportError
     from adapt.train.job import run_job
 
     try:
         return run_job(cfg)
     except (
+        ConfigError,
         MissingDataError,
         DownloadError,
         DataError,

@@ -59,22 +59,23 @@ class GridPoint:
 
 
 def normalize_shots(value: Any) -> Shots:
-    """Bring a shots value to the results.json form: an int, or "all".
+    """A shots value in the one form results.json, the data layer and the report use: an int >= 0, or "all".
 
-    Hydra hands over the shots group choice as a string ("5", "all") while the composed config
-    holds an int, and both must compare equal when the report matches jobs to the grid.
+    The config's `shots` is an int or "all"; records and older folder names also give strings
+    ("5", "'5'", "5shot"), which must compare equal when the report matches jobs to the grid.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"shots must be an int or 'all', got {value!r}")
-    if isinstance(value, int):
+    if not isinstance(value, bool) and isinstance(value, int) and value >= 0:
         return value
-    text = str(value).strip().strip("'\"").lower()
-    if text in ("all", "full", "-1"):
+    text = "" if isinstance(value, bool) else str(value).strip().strip("'\"").lower()
+    if text in ("all", "full"):
         return ALL_SHOTS
     digits = text.removeprefix("shots").removeprefix("shot").removesuffix("shots").removesuffix("shot")
     if digits.isdigit():
         return int(digits)
-    raise ValueError(f"shots must be an int or 'all', got {value!r}")
+    raise ValueError(
+        f"shots={value} is not a number of labelled images per class: "
+        "use 0 (zero-shot), a positive integer or all"
+    )
 
 
 def shots_sort_key(shots: Shots) -> tuple[int, int]:
@@ -131,9 +132,9 @@ def grid_point(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] |
     """Read a job's grid coordinates.
 
     The config-group choices come first (`choices`, else the running Hydra job's), because they
-    are what a sweep's overrides and folder names use (`task=odinw/aquarium`, `shots='5'`);
-    outside Hydra the config's own keys stand in: `task.id` or `task.name`, `model.name`,
-    `mode.name`, `shots.k` (or a plain `shots`). The seed is always the config's `seed`.
+    are what a sweep's overrides and folder names use (`task=odinw/aquarium`); outside Hydra the
+    config's own keys stand in: `task.id` or `task.name`, `model.name`, `mode.name`. Shots and
+    seed are plain values, `shots` (`shots.k` in configs from when shots was a group) and `seed`.
     """
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))

@@ -86,7 +86,6 @@ def stub_project(
     root: Path,
     tasks: Mapping[str, str] | None = None,
     models: Mapping[str, str | None] | None = None,
-    shots: Iterable[str] = ("0", "1", "3", "all"),
     modes: Iterable[str] = ("zero", "prompt", "linear", "full"),
 ) -> Path:
     """A Hydra project: task options {choice: dataset name}, model options {choice: paper row}."""
@@ -96,7 +95,6 @@ def stub_project(
     files = {f"task/{t}.yaml": f"id: {t}\nname: {name}\n" for t, name in tasks.items()}
     files |= {f"model/{m}.yaml": f"name: {m}\npaper: {json.dumps(p)}\n" for m, p in models.items()}
     files |= {f"mode/{m}.yaml": f"name: {m}\n" for m in modes}
-    files |= {f"shots/{s}.yaml": f"k: {s}\n" for s in shots}
     for name, body in files.items():
         (conf / name).parent.mkdir(parents=True, exist_ok=True)
         (conf / name).write_text(body)
@@ -106,9 +104,9 @@ def stub_project(
             defaults:
               - task: {next(iter(tasks))}
               - mode: prompt
-              - shots: "1"
               - model: {next(iter(models))}
               - _self_
+            shots: 1
             seed: 3
             hydra:
               searchpath: [file://{CONF}]

@@ -183,7 +183,7 @@ def _odinw_sweep(root: Path, paper: rp.PaperReference, modes: tuple[str, ...]) -
             root,
             *common,
             f"mode={mode}",
-            f"shots='{shots}'" if shots != "all" else "shots=all",
+            f"shots={shots}",
             f"seed={seeds}",
             plan=plan,
         )
@@ -302,7 +302,7 @@ def test_failed_killed_and_missing_jobs_are_listed(tmp_path):
         "model=m",
         "task=x/a,x/b,x/c",
         "mode=prompt,zero",
-        "shots='1'",
+        "shots=1",
         "seed=3,30",
         plan=plan,
         check=False,

@@ -1,13 +1,18 @@
-"""`python -m adapt.run` as users meet it: missing data stops with the fetch command, no traceback."""
+"""`python -m adapt.run` as users meet it: plain `shots=5`, one-sentence errors, no traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from adapt.run import main
+
+DEMO_SMALL = ["trainer=debug", "logger=none", "data.num_workers=0"]
 
 
 def test_missing_data_names_what_is_missing_and_the_command_that_fetches_it(tmp_path):
@@ -41,4 +46,103 @@ def test_entry_points_compose_the_job_from_any_folder(tmp_path, command):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "k: 10" in proc.stdout and "name: linear" in proc.stdout
+    assert "shots: 10" in proc.stdout and "name: linear" in proc.stdout
+
+
+def test_the_mission_command_line_composes_with_shots_as_typed(tmp_path):
+    """`shots=5` reaches Hydra unchanged (no argv rewriting) and selects the 5-shot recipe."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "adapt.run"),
+            *("task=odinw/aquarium", "shots=5", "mode=prompt"),
+            *("--cfg", "job", "--resolve"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    job = yaml.safe_load(proc.stdout)
+    assert job["shots"] == 5 and job["task"]["id"] == "odinw/aquarium" and job["mode"]["name"] == "prompt"
+    assert (job["recipe"]["epochs"], job["recipe"]["copies"]) == (200, 2)  # official "5_200_2"
+    assert job["data"]["shots"] == 5 and job["trainer"]["max_epochs"] == 200
+
+
+def test_a_multirun_over_shots_names_each_folder_by_its_value(tmp_path, monkeypatch):
+    """`-m shots=0,all` as typed: one zero-shot evaluation per value, each in its own folder."""
+    monkeypatch.chdir(tmp_path)
+    run(monkeypatch, "-m", "mode=zero", "shots=0,all", *DEMO_SMALL, f"hydra.sweep.dir={tmp_path / 'm'}")
+    folders = sorted(p.parent.relative_to(tmp_path / "m") for p in (tmp_path / "m").rglob("results.json"))
+    assert [str(f) for f in folders] == [
+        "demo/glip_mini/zero/shots0_seed3",
+        "demo/glip_mini/zero/shotsall_seed3",
+    ]
+    for folder, shots in zip(folders, (0, "all"), strict=True):
+        results = json.loads((tmp_path / "m" / folder / "results.json").read_text())
+        assert results["status"] == "complete" and results["shots"] == shots
+
+
+def test_a_protocol_sweep_over_shots_as_typed(tmp_path):
+    """`-m +sweep=smoke shots=1,3,5`: the sweeper composes every point (dry run: nothing launched)."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "adapt.run", "-m", "+sweep=smoke"),
+            *("task=odinw/aquarium,odinw/rabbits", "shots=0,1,3,5", "mode=zero,prompt", "sweep.dry_run=true"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    launches = [
+        line.split("would launch: ", 1)[1] for line in proc.stdout.splitlines() if "would launch" in line
+    ]
+    # per task: zero-shot once (shots=0), prompt tuning at 1, 3 and 5 shots
+    assert "16 grid points, 8 jobs to launch (skipped: 8 redundant grid point)" in proc.stdout
+    shots = [arg for job in launches if "task=odinw/rabbits" in job for arg in job.split() if "shots" in arg]
+    assert sorted(shots) == [
+        "shots=0",
+        "shots=1",
+        "shots=3",
+        "shots=5",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad configuration values: one sentence naming the value, exit status 2, no traceback
+# (docs/bad_input.md, "Configuration")
+
+
+def run(monkeypatch, *overrides: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["adapt", *overrides])
+    main()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("shots=-1", "shots=-1 is not a number of labelled images per class: use 0 (zero-shot), a positive"),
+        ("shots=0", "shots=0 is zero-shot evaluation, which trains nothing: use mode=zero, or shots=1,"),
+        ("seed=abc", "seed=abc is not an integer (the paper's seeds are 3, 30 and 300)"),
+        ("resume=maybe", "resume=maybe is not one of false, true or auto"),
+        ("trainer.max_steps=-5", "trainer.max_steps=-5 is not a number of optimiser steps: use a positive"),
+        ("data.batch_size=0", "data.batch_size=0 is not a positive integer"),
+        ("shots=7", "shots=7 has no row in recipe.by_shots (rows: 0, 1, 3, 5, 10, all): add one with"),
+    ],
+)
+def test_bad_config_values_stop_with_one_sentence(tmp_path, monkeypatch, capsys, override, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(monkeypatch, "mode=prompt", override, *DEMO_SMALL)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("adapt: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+    # the folder says what happened, as for any failed run
+    results = next(tmp_path.rglob("results.json"))
+    assert json.loads(results.read_text())["status"] == "failed"

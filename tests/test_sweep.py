@@ -40,7 +40,7 @@ def job_cfg(
         "task": {"name": task},
         "model": {"name": model},
         "mode": {"name": mode},
-        "shots": {"k": shots},
+        "shots": shots,
         "seed": seed,
     }
     if in_sweep:
@@ -60,7 +60,7 @@ def test_normalize_shots(value, expected):
     assert sweep.normalize_shots(value) == expected
 
 
-@pytest.mark.parametrize("value", ["few", True, "5x", None])
+@pytest.mark.parametrize("value", ["few", True, "5x", None, -1, "-1"])
 def test_normalize_shots_rejects(value):
     with pytest.raises(ValueError):
         sweep.normalize_shots(value)
@@ -118,6 +118,8 @@ def test_grid_point_reads_config_keys_and_prefers_choices():
     plain = OmegaConf.create(
         {"task": {"id": "x"}, "model": {"name": "m"}, "mode": {"name": "zero"}, "shots": 0}
     )
+    legacy = OmegaConf.merge(plain, {"shots": {"k": 3}, "seed": 1})  # shots as the old config group
+    assert sweep.grid_point(legacy).shots == 3
     assert sweep.grid_point(OmegaConf.merge(plain, {"seed": 1})).shots == 0
     with pytest.raises(KeyError, match="seed"):
         sweep.grid_point(plain)
@@ -268,8 +270,9 @@ def test_sweep_folders_are_deterministic(name):
     cfg = _compose_hydra(f"+sweep={name}")
     raw = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert "now:" not in raw["dir"] and "now:" not in raw["subdir"]
-    for key in ("task", "mode", "shots"):
+    for key in ("task", "mode"):
         assert f"choices.{key}" in raw["subdir"]
+    assert "shots${shots}" in raw["subdir"]  # the plain value: shots5, shotsall
     assert "${seed}" in raw["subdir"] and "choices.model" in raw["dir"]
     assert cfg.sweep.canonical_seed == 3 and cfg.sweep.rerun_complete is False
 
@@ -303,7 +306,7 @@ def _manifest(sweep_dir: Path) -> dict[tuple, manifest.ManifestJob]:
 
 def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
     stub_project(tmp_path)
-    grid = ["+sweep=smoke", "task=a,b", "shots='3'", "mode=prompt,linear", "seed=3,30"]
+    grid = ["+sweep=smoke", "task=a,b", "shots=3", "mode=prompt,linear", "seed=3,30"]
     plan = {"b linear 3 30": {"fail": "stub: malformed annotations"}}
     first = run_sweep(tmp_path, *grid, plan=plan)
     assert len(trained(tmp_path)) == 8  # every point of this grid is a real run
@@ -347,7 +350,7 @@ def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
 def test_stub_sweep_zero_shot_and_full_data_run_once_with_joblib(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     stub_project(tmp_path)
-    grid = ["+sweep=smoke", "task=a", "shots='0',all", "mode=zero,prompt", "seed=3,30", "+launcher=joblib"]
+    grid = ["+sweep=smoke", "task=a", "shots=0,all", "mode=zero,prompt", "seed=3,30", "+launcher=joblib"]
     result = run_sweep(tmp_path, *grid)
     assert sorted(trained(tmp_path)) == ["a prompt all 3", "a zero 0 3"]
     from adapt.report import build_report
@@ -376,20 +379,20 @@ def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
     # odinw13's own grid narrowed to two tasks, two modes and two shots: 2 x 2 x 2 x 3 = 24 points,
     # of which 2 x (1 zero-shot + 1 prompt x 1 shot x 3 seeds) = 8 run.
     grid = ["+sweep=odinw13", "model=glip_t", "task=odinw/aquarium,odinw/rabbits", "mode=zero,prompt"]
-    result = run_sweep(tmp_path, *grid, "shots='0','1'", "sweep.dry_run=true")
+    result = run_sweep(tmp_path, *grid, "shots=0,1", "sweep.dry_run=true")
     assert "24 grid points, 8 jobs to launch (skipped: 16 redundant grid point)" in result.stdout
     launches = [
         line.split("would launch: ", 1)[1] for line in result.stdout.splitlines() if "would launch" in line
     ]
     assert len(launches) == 8
     assert sum("mode=zero" in job for job in launches) == 2
-    assert all("shots='0'" in job and "seed=3" in job for job in launches if "mode=zero" in job)
+    assert all("shots=0" in job and "seed=3" in job for job in launches if "mode=zero" in job)
     assert not trained(tmp_path)
     decided = _manifest(tmp_path / "multirun" / "odinw13" / "glip_t")
     assert sorted(j.decision for j in decided.values()) == ["dry_run"] * 8 + ["redundant"] * 16
     aquarium = decided[("odinw/aquarium", "prompt", 1, 30)]
     assert (aquarium.dataset, aquarium.paper_model, aquarium.job_id) == ("Aquarium", "GLIP-T", None)
-    assert {"task=odinw/aquarium", "mode=prompt", "shots='1'", "seed=30"} <= set(aquarium.overrides)
+    assert {"task=odinw/aquarium", "mode=prompt", "shots=1", "seed=30"} <= set(aquarium.overrides)
     # the report plans them: every job the dry run would launch is missing
     from adapt.report import build_report
 
@@ -456,7 +459,7 @@ def _e2e_project(root: Path) -> None:
                 name: e2e/{name}
                 data_root: {root / "data" / name}
                 image_dir: images
-                train_json: train_${{mode.name}}_shots${{shots.k}}_seed${{seed}}.json
+                train_json: train_${{mode.name}}_shots${{shots}}_seed${{seed}}.json
                 val_json: val.json
                 test_json: test.json
                 categories: [box]
@@ -474,6 +477,7 @@ def _adapt_run(root: Path, *overrides: str) -> list[str]:
         "+sweep=smoke",
         "model=glip_mini",
         "logger=none",
+        "data.num_workers=0",
         f"hydra.searchpath=[file://{root / 'conf'}]",
         *overrides,
     ]
@@ -507,7 +511,7 @@ def _e2e_sweep(tmp_path: Path, grid: list[str]) -> tuple[Path, dict[Path, dict]]
 
 def test_end_to_end_multirun_with_glip_mini(tmp_path):
     """The default suite's one real multirun: 2 tasks x 2 modes, one job failing, then resumed."""
-    grid = ["task=e2e/a,e2e/b", "shots='1'", "mode=prompt,linear", "seed=3"]
+    grid = ["task=e2e/a,e2e/b", "shots=1", "mode=prompt,linear", "seed=3"]
     sweep_dir, results = _e2e_sweep(tmp_path, grid)
     assert sorted(r["status"] for r in results.values()) == ["complete"] * 3 + ["failed"]
     for r in results.values():  # the sweep's start record survives the job's own writes
@@ -526,7 +530,7 @@ def test_end_to_end_multirun_with_glip_mini(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_multirun_of_the_whole_grid(tmp_path):
-    grid = ["task=e2e/a,e2e/b", "shots='1','3'", "mode=prompt,linear", "seed=3,30"]
+    grid = ["task=e2e/a,e2e/b", "shots=1,'3'", "mode=prompt,linear", "seed=3,30"]
     sweep_dir, results = _e2e_sweep(tmp_path, grid)
     statuses = sorted(r["status"] for r in results.values())
     assert statuses == ["complete"] * 14 + ["failed"] * 2, statuses
@@ -543,11 +547,11 @@ def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
         tmp_path,
         "task=demo",
         "mode=prompt",
-        "shots='1'",
+        "shots=1",
         "seed=3",
         *SMALL_INPUT,
         "trainer.max_epochs=100",
-        "trainer.progress_bar=false",
+        "trainer.enable_progress_bar=false",
     )
     env = {**os.environ, "WANDB_MODE": "disabled"}
     run_dir = tmp_path / "multirun" / "smoke" / "glip_mini" / "demo" / "prompt" / "shots1_seed3"

@@ -34,6 +34,7 @@ from adapt.data.coco import CocoDetection, load_coco_json
 from adapt.data.errors import DataError
 from adapt.data.transforms import build_transforms
 from adapt.prompt import CaptionPrompt
+from adapt.sweep import normalize_shots
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +67,6 @@ def resolve_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or "a task key"
         raise DataError(f"{key} must be set: add {key}=... to the command line") from exc
-
-
-def normalize_shots(shots: Shots | None) -> Shots:
-    """0, a positive int, or "all" (config values may arrive as strings such as "5")."""
-    if shots is None or shots == "all":
-        return "all"
-    try:
-        k = int(shots)
-    except (TypeError, ValueError):
-        raise ValueError(f"shots must be an integer >= 0 or 'all', got {shots!r}") from None
-    if k < 0:
-        raise ValueError(f"shots must be an integer >= 0 or 'all', got {shots!r}")
-    return k
 
 
 @dataclass

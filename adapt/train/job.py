@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
@@ -40,7 +41,7 @@ from adapt.download import require_checkpoint, require_dataset, sha256_of
 from adapt.evaluate import detections_to_coco, evaluate
 from adapt.model import GLIP, CheckpointError, GLIPConfig, build_glip, load_checkpoint
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
-from adapt.train.datamodule import TaskDataModule
+from adapt.train.config import check_config
 from adapt.train.export import export_run, model_identity
 from adapt.train.loggers import build_logger, close_logger
 from adapt.train.modes import build_policy
@@ -107,39 +108,35 @@ def resolve_precision(trainer_cfg: Mapping[str, Any]) -> str:
     return "16-mixed" if on_gpu else "32-true"
 
 
-def build_trainer(
-    cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], logger: Any, max_epochs: int
-) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The user's callbacks: every non-null node of ``cfg.callbacks``, instantiated.
 
-    t = cfg.trainer
-    limit_eval = t.get("limit_eval_batches")
-    limits = {} if limit_eval is None else {"limit_val_batches": limit_eval, "limit_test_batches": limit_eval}
-    return L.Trainer(
-        accelerator=t.get("accelerator", "auto"),
-        devices=t.get("devices", 1),
-        precision=resolve_precision(t),  # type: ignore[arg-type]
-        max_epochs=max_epochs,
-        max_steps=int(t.max_steps) if t.get("max_steps") is not None else -1,
-        gradient_clip_val=t.get("gradient_clip_val"),
-        gradient_clip_algorithm="norm",
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=1,
-        **limits,
-        log_every_n_steps=int(t.get("log_every_n_steps", 1)),
-        logger=logger if logger is not None else False,
-        callbacks=[*callbacks, RichProgressBar()] if t.get("progress_bar", True) else callbacks,
-        enable_progress_bar=bool(t.get("progress_bar", True)),
-        enable_model_summary=False,
+    ``trainer.enable_progress_bar=false`` leaves progress-bar callbacks out, since Lightning
+    refuses the pair; the flag is what a user (or ``trainer=debug``) sets to silence the bars.
+    """
+    from lightning.pytorch.callbacks import ProgressBar
+
+    nodes = cfg.get("callbacks") or {}
+    callbacks = [instantiate(node) for node in nodes.values() if node]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], logger: Any) -> L.Trainer:
+    """``cfg.trainer`` instantiated, plus what only the running job knows.
+
+    The run folder, the logger and the job's own protocol callbacks (they hold the run's record
+    and checkpoint paths) exist only at run time, and ``precision: auto`` depends on the machine
+    the job lands on; every other Trainer argument comes from the config as it is.
+    """
+    return instantiate(
+        cfg.trainer,
+        precision=resolve_precision(cfg.trainer),
         default_root_dir=str(run_dir),
+        logger=logger if logger is not None else False,
+        callbacks=[*callbacks, *build_callbacks(cfg)],
     )
-
-
-def max_periods(cfg: DictConfig) -> int:
-    """Evaluation periods: the shots recipe's epochs, capped by ``trainer.max_epochs``."""
-    epochs = int(cfg.shots.epochs)
-    cap = cfg.trainer.get("max_epochs")
-    return min(epochs, int(cap)) if cap is not None else epochs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,6 +212,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     # Frozen parts run in eval mode on purpose (the official module modes, see adapt.train.modes).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
     clock = RunClock()
+    check_config(cfg)  # before anything is built: a bad value is one sentence, not an hour later
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     record = RunRecord(run_dir, cfg)
@@ -227,22 +225,10 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     prompt = task_prompt(task, model)
     mode = str(cfg.mode.name)
     trains = bool(cfg.mode.get("train", mode != "zero"))
-    shots = cfg.shots.k
-    if trains and shots == 0:
-        raise ValueError("shots=0 is zero-shot evaluation: use mode=zero (or choose shots=1,3,5,10,all)")
 
     policy = build_policy(cfg.mode)
-    dm = TaskDataModule(
-        task,
-        prompt,
-        model.cfg.input,
-        shots=shots,
-        copies=int(cfg.shots.copies),
-        seed=int(cfg.seed),
-        batch_size=int(cfg.trainer.batch_size),
-        eval_batch_size=int(cfg.trainer.eval_batch_size),
-        num_workers=int(cfg.trainer.num_workers),
-    )
+    # conf/data is a partial: the task, its prompt and the model's input sizes are built above.
+    dm = instantiate(cfg.data)(task, prompt, model.cfg.input)
 
     # Pre-flight: every split this run reads is opened now (annotations validated, boxes fixed,
     # image headers read) and every image decoded, so a broken test file fails before training.
@@ -255,16 +241,19 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             write_json(results, run_dir / TEST_DETECTIONS, indent=None)
         return evaluate(dm.split(split).coco, results, max_dets=task.max_dets)
 
+    optimizer = instantiate(cfg.mode.optimizer) if cfg.mode.get("optimizer") else None
     module = GLIPAdaptation(
-        model, policy, prompt, optimizer=cfg.mode.get("optimizer"), evaluator=evaluator, seed=int(cfg.seed)
+        model, policy, prompt, optimizer=optimizer, evaluator=evaluator, seed=int(cfg.seed)
     )
     record.update(params=trainable_counts(model))
 
+    # The job's own callbacks enforce the protocol and write into this run's folder and record,
+    # so they are composed here rather than in conf/callbacks (which adds the user's).
     ckpt_dir = run_dir / "checkpoints"
     protocol = FewShotProtocol(
         ckpt_dir / BEST_FILE,
-        stop_patience=int(cfg.shots.stop_patience),
-        schedule={**dict(cfg.trainer.get("lr_drop") or {}), "patience": int(cfg.shots.step_patience)},
+        stop_patience=int(cfg.recipe.stop_patience),
+        schedule=instantiate(cfg.recipe.lr_drop),
         on_evaluation=lambda history: _record_history(record, history, clock),
     )
     callbacks: list[L.Callback] = [protocol, clock]
@@ -287,7 +276,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     on_main = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm) if on_main else None
     try:
-        trainer = build_trainer(cfg, run_dir, callbacks, logger, max_periods(cfg))
+        trainer = build_trainer(cfg, run_dir, callbacks, logger)
         if trains:
             resume_from = resume_checkpoint(cfg.get("resume"), ckpt_dir / LAST_CKPT)
             if resume_from is not None:

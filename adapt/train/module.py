@@ -22,7 +22,6 @@ from torch import Tensor
 from adapt.model import GLIP, TextFeatures
 from adapt.prompt import EncodedPrompt
 from adapt.train.modes import ModePolicy
-from adapt.train.optim import build_optimizer
 
 # Official MAX_NEG_PER_BATCH: a batch is skipped when more than this fraction of images has no box.
 MAX_EMPTY_FRACTION = 0.1
@@ -44,7 +43,7 @@ class GLIPAdaptation(L.LightningModule):
         model: GLIP,
         policy: ModePolicy,
         prompt: EncodedPrompt,
-        optimizer: Mapping[str, Any] | None = None,
+        optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
         evaluator: Evaluator | None = None,
         seed: int = 0,
     ) -> None:
@@ -52,7 +51,8 @@ class GLIPAdaptation(L.LightningModule):
         self.model = model
         self.policy = policy
         self.prompt = prompt
-        self.optimizer_cfg = dict(optimizer or {})
+        # The mode's instantiated `optimizer:` node (conf/mode), called with the model to train.
+        self.optimizer_factory = optimizer
         self.evaluator = evaluator
         self.seed = seed
         self.trainable = policy.apply(model)
@@ -146,7 +146,9 @@ class GLIPAdaptation(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The plateau schedule is stepped by FewShotProtocol right after each evaluation (official
         # order), not by Lightning at epoch end, so that its state is saved with the resume point.
-        return build_optimizer(self.model, self.optimizer_cfg)
+        if self.optimizer_factory is None:
+            raise ValueError("training needs an optimizer factory (a mode's `optimizer:` node)")
+        return self.optimizer_factory(self.model)
 
     def _log(self, name: str, value: Any, **kwargs: Any) -> None:
         # The module also runs outside a Trainer (tests, notebooks): log only when attached.

@@ -1,4 +1,4 @@
-"""Optimiser parameter groups and the plateau schedule of the paper's recipe.
+"""Optimiser parameter groups of the paper's recipe (the plateau schedule is ``conf/recipe``'s ``lr_drop``).
 
 The official ``make_optimizer`` gives every parameter its own group; the rules (glip_spec.md 4.7)
 depend only on the name, so parameters sharing (lr, weight decay) are grouped here, which is the
@@ -49,20 +49,27 @@ def param_groups(model: nn.Module, opt: Mapping[str, Any]) -> list[dict[str, Any
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, opt: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW with torch's default betas and eps, as the official ``ADAMW`` solver."""
-    return torch.optim.AdamW(param_groups(model, opt), lr=float(opt["lr"]))
+def adamw(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    bias_lr_factor: float = 1.0,
+    bias_weight_decay: float | None = None,
+    lang_lr: float | None = None,
+) -> torch.optim.AdamW:
+    """AdamW with torch's default betas and eps, as the official ``ADAMW`` solver.
 
-
-def build_plateau(
-    optimizer: torch.optim.Optimizer, schedule: Mapping[str, Any]
-) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Official ``WarmupReduceLROnPlateau`` without warm-up (ODinW's WARMUP_ITERS is 0)."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer,
-        mode="max",
-        factor=float(schedule.get("factor", 0.1)),
-        patience=int(schedule["patience"]),
-        min_lr=float(schedule.get("min_lr", 1e-6)),
-        threshold=float(schedule.get("threshold", 1e-4)),
-    )
+    A mode's ``optimizer:`` node targets this function with ``_partial_: true`` and the job calls
+    the partial with the model. It is a factory rather than ``_target_: torch.optim.AdamW``
+    because the official recipe gives each parameter its lr and weight decay by its *name*
+    (``param_groups``), which AdamW's flat keyword arguments cannot express.
+    """
+    opt = {
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "bias_lr_factor": bias_lr_factor,
+        "bias_weight_decay": weight_decay if bias_weight_decay is None else bias_weight_decay,
+        "lang_lr": lang_lr,
+    }
+    return torch.optim.AdamW(param_groups(model, opt), lr=float(lr))

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from safetensors.torch import save_file
 
 from adapt.atomic import atomic_path
 from adapt.train.module import GLIPAdaptation
-from adapt.train.optim import build_plateau
 
 
 class FewShotProtocol(L.Callback):
@@ -37,7 +37,7 @@ class FewShotProtocol(L.Callback):
         self,
         best_path: str | os.PathLike[str],
         stop_patience: int,
-        schedule: dict[str, Any] | None = None,
+        schedule: Callable[[torch.optim.Optimizer], Any] | None = None,
         on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.best_path = Path(best_path)
@@ -48,14 +48,15 @@ class FewShotProtocol(L.Callback):
         self.best_step: int | None = None
         self.best_epoch: int | None = None
         self.worse = 0
-        self.schedule = dict(schedule or {})
+        # The recipe's instantiated `lr_drop` (a ReduceLROnPlateau partial), built on the optimiser.
+        self.schedule = schedule
         self.plateau: Any = None
         self._plateau_state: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Built here, once the optimiser exists (and, on resume, has its state back).
-        if self.schedule and trainer.optimizers:
-            self.plateau = build_plateau(trainer.optimizers[0], self.schedule)
+        if self.schedule is not None and trainer.optimizers:
+            self.plateau = self.schedule(trainer.optimizers[0])
             if self._plateau_state is not None:
                 self.plateau.load_state_dict(self._plateau_state)
 

@@ -88,7 +88,7 @@ class RunRecord:
             "task": _get(cfg, "task.id") or _get(cfg, "task.name"),
             "model": _get(cfg, "model.name"),
             "mode": _get(cfg, "mode.name"),
-            "shots": normalize_shots(_get(cfg, "shots.k")),
+            "shots": normalize_shots(_get(cfg, "shots")),
             "seed": _get(cfg, "seed"),
             "config": composed_config(cfg),
         }

@@ -16,7 +16,7 @@ Measured (``measure.py``; random, seeded weights: speed does not depend on them)
 * FLOPs per training step and per evaluated image (``adapt.flops.count_flops``, on the real step).
 
 It then combines them with the protocol (``protocol.py``: ``conf/sweep/odinw13.yaml`` expanded as
-adapt's sweeper expands it, ``conf/shots/*.yaml``, the dataset sizes in ``odinw13_sizes.csv``) into
+adapt's sweeper expands it, ``conf/recipe/official.yaml``, the dataset sizes in ``odinw13_sizes.csv``) into
 the README's GPU-hours table (``estimate.py``, ``render.py``), with the number of evaluation periods
 E either read from a finished sweep (``--sweep``: its manifest and results.json files) or bounded by
 the protocol (early-stop patience + 1 <= E <= epochs).
@@ -43,9 +43,9 @@ from benchmarks.odinw.estimate import estimates_for, read_sweep, t_job_from_swee
 from benchmarks.odinw.measure import (
     OFFICIAL_TEST_HW,
     Setup,
+    data_defaults,
     measure_model,
     quiet_lightning,
-    trainer_defaults,
     trainer_precision,
 )
 from benchmarks.odinw.protocol import (
@@ -104,7 +104,7 @@ def build_setup(args: argparse.Namespace, input_cfg: Mapping[str, Any]) -> Setup
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    trainer = trainer_defaults()
+    data = data_defaults()
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -116,10 +116,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=MEASURABLE_MODES)
     parser.add_argument(
-        "--batch", type=int, default=int(trainer["batch_size"]), help="training batch (trainer default)"
+        "--batch", type=int, default=int(data["batch_size"]), help="training batch (conf/data default)"
     )
     parser.add_argument(
-        "--eval-batch", type=int, default=int(trainer["eval_batch_size"]), help="evaluation batch"
+        "--eval-batch", type=int, default=int(data["eval_batch_size"]), help="evaluation batch"
     )
     parser.add_argument("--reps", type=int, default=3, help="timed batches per configuration (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before each configuration")

@@ -144,10 +144,9 @@ def _trainer(setup: Setup, callbacks: list[L.Callback], root: Path) -> L.Trainer
 
     t = OmegaConf.load(CONF / "trainer" / "default.yaml")
     t.accelerator = "gpu" if setup.device.startswith("cuda") else "cpu"
-    t.progress_bar = False
-    t.max_steps = None
-    t.limit_eval_batches = None
-    trainer = build_trainer(OmegaConf.create({"trainer": t}), root, callbacks, None, max_epochs=1)
+    t.enable_progress_bar = False
+    t.max_epochs = 1
+    trainer = build_trainer(OmegaConf.create({"trainer": t, "callbacks": {}}), root, callbacks, None)
     # Lightning adds a checkpoint callback by default; saving a full model is not part of a step.
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
     return trainer
@@ -159,8 +158,8 @@ def trainer_precision(device: str) -> str:
     return resolve_precision({"accelerator": "gpu" if device.startswith("cuda") else "cpu"})
 
 
-def trainer_defaults() -> dict[str, Any]:
-    return yaml.safe_load((CONF / "trainer" / "default.yaml").read_text(encoding="utf-8"))
+def data_defaults() -> dict[str, Any]:
+    return yaml.safe_load((CONF / "data" / "default.yaml").read_text(encoding="utf-8"))
 
 
 def _mode_cfg(mode: str) -> dict[str, Any]:
@@ -169,6 +168,7 @@ def _mode_cfg(mode: str) -> dict[str, Any]:
 
 def build_module(model_name: str, mode: str, task: str, device: str = "cpu") -> Any:
     """GLIPAdaptation over a seeded random ``model_name`` with ``mode``'s policy, for ``task``'s prompt."""
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from adapt.data import build_task
@@ -182,9 +182,8 @@ def build_module(model_name: str, mode: str, task: str, device: str = "cpu") -> 
     model = build_glip(cfg)
     prompt = task_prompt(build_task(OmegaConf.load(CONF / "task" / f"{task}.yaml")), model)
     mode_cfg = _mode_cfg(mode)
-    module = GLIPAdaptation(
-        model, build_policy(mode_cfg), prompt, optimizer=mode_cfg.get("optimizer"), evaluator=_no_metrics
-    )
+    optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
+    module = GLIPAdaptation(model, build_policy(mode_cfg), prompt, optimizer=optimizer, evaluator=_no_metrics)
     return module.to(device)
 
 

@@ -57,7 +57,7 @@ def load_sizes(path: str | Path = SIZES_CSV) -> list[TaskSize]:
 
 @dataclass(frozen=True)
 class ShotsRecipe:
-    """``conf/shots/<k>.yaml``: copies of the training set per period, max periods, early-stop patience."""
+    """A row of ``conf/recipe/official.yaml``: set copies per period, max periods, early-stop patience."""
 
     shots: Shots
     copies: int
@@ -76,9 +76,9 @@ class ShotsRecipe:
 
 def load_shots_recipes(conf: str | Path = CONF) -> dict[Shots, ShotsRecipe]:
     recipes: dict[Shots, ShotsRecipe] = {}
-    for path in sorted((Path(conf) / "shots").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        shots = normalize_shots(data["k"])
+    table = yaml.safe_load((Path(conf) / "recipe" / "official.yaml").read_text(encoding="utf-8"))["by_shots"]
+    for key, data in table.items():
+        shots = normalize_shots(key)
         recipes[shots] = ShotsRecipe(
             shots=shots,
             copies=int(data["copies"]),

@@ -26,9 +26,9 @@ LONG_RUN = [
     "trainer=debug",
     "logger=none",
     *TINY_INPUT,
-    "shots='1'",
-    "shots.stop_patience=1000",
-    "trainer.max_steps=null",
+    "shots=1",
+    "recipe.stop_patience=1000",
+    "trainer.max_steps=-1",
     "trainer.max_epochs=100",
 ]
 
@@ -47,7 +47,7 @@ def test_sigterm_while_workers_run_ends_interrupted_and_resumable(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "adapt.run", f"hydra.run.dir={run_dir}", *LONG_RUN]
     proc = subprocess.Popen(
-        [*command, "trainer.num_workers=2"],
+        [*command, "data.num_workers=2"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -138,7 +138,7 @@ def test_resume_from_a_truncated_last_ckpt_stops_before_training(tmp_path):
     data = _archive(ckpt_dir / "last.ckpt")
     (ckpt_dir / "last.ckpt").write_bytes(data[: len(data) - 100])
     with pytest.raises(CheckpointError, match=r"last\.ckpt is truncated or corrupt"):
-        run_job(compose_job("shots='1'", "resume=true"), run_dir=tmp_path)
+        run_job(compose_job("shots=1", "resume=true"), run_dir=tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "failed" and results["val_history"] == []
 
@@ -152,7 +152,7 @@ def test_an_interruption_before_any_checkpoint_says_a_rerun_starts_afresh(tmp_pa
     from adapt.train.job import _record_interruption
     from adapt.train.results import RunClock, RunRecord
 
-    record = RunRecord(tmp_path, compose_job("shots='1'"))
+    record = RunRecord(tmp_path, compose_job("shots=1"))
     with caplog.at_level("WARNING"):
         _record_interruption(record, RunClock(), tmp_path / "checkpoints" / "last.ckpt")
     results = json.loads((tmp_path / "results.json").read_text())

@@ -26,11 +26,11 @@ def read(run_dir):
 @pytest.mark.parametrize(
     ("mode", "extra"),
     [
-        ("zero", ["shots='0'"]),
-        ("prompt", ["shots='1'"]),
-        ("linear", ["shots='1'", "logger=csv"]),
-        ("full", ["shots='1'"]),
-        ("lora", ["shots='1'", LORA_TARGETS]),
+        ("zero", ["shots=0"]),
+        ("prompt", ["shots=1"]),
+        ("linear", ["shots=1", "logger=csv"]),
+        ("full", ["shots=1"]),
+        ("lora", ["shots=1", LORA_TARGETS]),
     ],
 )
 def test_each_mode_writes_a_complete_results_json(tmp_path, mode, extra):
@@ -87,7 +87,7 @@ def test_resume_checkpoint_settings(tmp_path, caplog):
 
 
 def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
-    overrides = ("mode=linear", "shots='1'", "trainer.max_steps=null", "trainer.max_epochs=2", "seed=5")
+    overrides = ("mode=linear", "shots=1", "trainer.max_steps=-1", "trainer.max_epochs=2", "seed=5")
     straight = tmp_path / "straight"
     run_job(compose_job(*overrides), run_dir=straight)
 

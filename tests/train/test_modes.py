@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from adapt.model import GLIP, GLIPConfig, official_name
 from adapt.prompt import encode_prompt, load_tokenizer
 from adapt.train.modes import build_policy, module_training_flags
 from adapt.train.module import GLIPAdaptation
-from adapt.train.optim import build_optimizer, param_groups
+from adapt.train.optim import adamw, param_groups
 
 ORACLE = json.loads((FIXTURE / "requires_grad_modes.json").read_text())
 OFFICIAL = {"full": "full", "linear": "linear_prob", "prompt": "language_prompt_v2"}
@@ -122,11 +123,11 @@ def test_one_optimizer_step_changes_exactly_the_trainable_tensors(mode: str):
     prompt, batch = _batch()
     model = mini_model(weights=True, freeze_at=2)
     module = GLIPAdaptation(
-        model, build_policy(MODE_CFG[mode]), prompt, optimizer={"lr": 1e-3, "weight_decay": 0.05}
+        model, build_policy(MODE_CFG[mode]), prompt, optimizer=partial(adamw, lr=1e-3, weight_decay=0.05)
     )
     module.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = build_optimizer(model, module.optimizer_cfg)
+    optimizer = module.configure_optimizers()
     loss = module.training_step(batch, 0)
     assert loss is not None and torch.isfinite(loss)
     loss.backward()

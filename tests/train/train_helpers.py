@@ -36,9 +36,10 @@ def mini_model(weights: bool = False, **swin: object) -> GLIP:
 
 
 def compose_job(*overrides: str):
-    """The job config exactly as `python -m adapt.run` composes it (trainer=debug, logger=none)."""
+    """The job config as `python -m adapt.run` composes it (trainer=debug, logger=none, no workers)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
-            config_name="config", overrides=["trainer=debug", "logger=none", *TINY_INPUT, *overrides]
+            config_name="config",
+            overrides=["trainer=debug", "logger=none", "data.num_workers=0", *TINY_INPUT, *overrides],
         )
