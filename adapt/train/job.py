@@ -111,6 +111,8 @@ def build_trainer(
     return L.Trainer(
         accelerator=t.get("accelerator", "auto"),
         devices=t.get("devices", 1),
+        strategy=t.get("strategy", "auto"),  # ddp: one process per device, exact (see README)
+        num_nodes=int(t.get("num_nodes", 1)),
         precision=resolve_precision(t),  # type: ignore[arg-type]
         max_epochs=max_epochs,
         max_steps=int(t.max_steps) if t.get("max_steps") is not None else -1,
@@ -232,6 +234,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
             if protocol.evaluated_step != module.global_step or not protocol.history:
                 trainer.validate(module, datamodule=dm, verbose=False)  # the final weights count too
+            trainer.strategy.barrier("best weights written")  # by rank 0, read by every rank
             module.load_trainable(load_file(str(ckpt_dir / BEST_FILE)))
         else:
             trainer.validate(module, datamodule=dm, verbose=False)
@@ -240,7 +243,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         test = test_fields(module.last_eval)
 
         export_dir = None
-        if trains:
+        if trains and trainer.is_global_zero:
             export_dir = export_run(
                 run_dir / "export",
                 model,
@@ -261,9 +264,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             wall_time_s=clock.elapsed_s(),
             resumed=clock.resumed,
             peak_memory_mb=peak_memory_mb(module.device),
-            machine=machine_info(module.device),
+            machine={**machine_info(module.device), "processes": trainer.world_size},
         )
         path = record.write("complete")
+        if not trainer.is_global_zero:
+            return test["ap"]
         if not cfg.get("keep_checkpoints", False):
             # The export holds the best weights; last.ckpt only served to resume an unfinished run
             # (and, left behind, would make `resume=auto` continue a finished one).
