@@ -164,6 +164,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     """The job body (see the module docstring); raises on any failure."""
     # Frozen parts run in eval mode on purpose (the official module modes, see adapt.train.modes).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+    # Under DDP every rank computes the same gathered AP (module.gather_predictions), and the eval
+    # sampler repeats no image (datamodule.DistributedEvalSampler): Lightning's advice is moot.
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"Using `DistributedSampler` with the dataloaders", category=UserWarning
+    )
     clock = RunClock()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
