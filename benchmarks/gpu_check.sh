@@ -35,9 +35,9 @@ START=$(date +%s)
 
 if [ "$REHEARSAL" = 1 ]; then
     DEVICE=cpu
-    SPEED_ARGS=(--model glip_mini --batches 1 4 8 --image-hw 128 213 --reps 1)
+    SPEED_ARGS=(--model glip_mini --batches 1 2 --image-hw 64 107 --reps 1)
     COST_ARGS=(--model glip_mini --size 96 --reps 1 --warmup 0 --batch 2 --eval-batch 2)
-    LIMITS=(120 240 300)
+    LIMITS=(120 300 300)
 else
     DEVICE=cuda
     SPEED_ARGS=(--model glip_t --batches 1 4 8 --reps 5)

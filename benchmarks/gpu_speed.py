@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     name = machine_info(device)["device"]
     datasheet = next((v for k, v in DATASHEET_TFLOPS.items() if k in name), {})
-    n = 8192 if device.startswith("cuda") else 1024
+    n = 8192 if device.startswith("cuda") else 256
     measured = {d: matmul_tflops(DTYPES[d], device, n) for d in args.dtypes}
     rows = []
     for dtype in args.dtypes:
@@ -167,9 +167,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['model']}, {report['image_hw'][0]} x {report['image_hw'][1]} images "
         f"(padded {report['padded_hw'][0]} x {report['padded_hw'][1]}), "
-        f"{report['gflops_per_image']:.1f} GFLOP per image; {m['device']}, torch {m['torch']}.",
+        f"{report['gflops_per_image']:.3g} GFLOP per image; {m['device']}, torch {m['torch']}.",
         "Peaks (TFLOP/s): measured matmul "
-        + ", ".join(f"{k} {v:.1f}" for k, v in meas.items())
+        + ", ".join(f"{k} {v:.3g}" for k, v in meas.items())
         + (
             "; datasheet " + ", ".join(f"{k} {v:g}" for k, v in sheet.items())
             if sheet
@@ -184,7 +184,7 @@ def markdown(report: dict[str, Any]) -> str:
         peak = f"{r['peak_memory_mb']:.0f}" if "peak_memory_mb" in r else "n/a"
         lines.append(
             f"| {r['dtype']} | {r['batch']} | {r['s_per_batch']:.3f} | {r['images_per_s']:.2f} | "
-            f"{r['tflops']:.2f} | {100 * r['mfu_measured']:.1f}% | {sheet_mfu} | {peak} |"
+            f"{r['tflops']:.3g} | {100 * r['mfu_measured']:.1f}% | {sheet_mfu} | {peak} |"
         )
     if report["uncounted_ops"]:
         lines.append(
