@@ -39,11 +39,16 @@ class AnchorGenerator(nn.Module):
     @property
     def cell_anchors(self) -> list[Tensor]:
         """Anchor of location (0, 0) per level, [1, 4] float32 (official ``cell_anchors`` layout)."""
+        return self._cells(None)
+
+    def _cells(self, device: torch.device | None) -> list[Tensor]:
+        # Made on the feature maps' device: a CPU tensor here would be copied to the GPU every step.
         out = []
         for size, stride in zip(self.sizes, self.strides, strict=True):
             centre = (stride - 1) / 2
             half = (size - 1) / 2
-            out.append(torch.tensor([[centre - half, centre - half, centre + half, centre + half]]))
+            corners = [[centre - half, centre - half, centre + half, centre + half]]
+            out.append(torch.tensor(corners, dtype=torch.float32, device=device))
         return out
 
     def forward(
@@ -54,13 +59,15 @@ class AnchorGenerator(nn.Module):
         The row-major (y outer, x inner) order matches how the head's outputs are flattened.
         """
         anchors = []
-        for (height, width), cell, stride in zip(feature_sizes, self.cell_anchors, self.strides, strict=True):
+        for (height, width), cell, stride in zip(
+            feature_sizes, self._cells(device), self.strides, strict=True
+        ):
             # Official grid_anchors: float32 shifts arange(0, W*s, s), meshgrid (y outer), added to the cell.
             shift_x = torch.arange(0, width * stride, step=stride, dtype=torch.float32, device=device)
             shift_y = torch.arange(0, height * stride, step=stride, dtype=torch.float32, device=device)
             yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [H, W] each
             shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 4)  # [H*W, 4]
-            anchors.append(shifts + cell.to(device))
+            anchors.append(shifts + cell)
         return anchors
 
     def extra_repr(self) -> str:

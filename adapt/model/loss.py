@@ -248,9 +248,10 @@ class ATSSLoss(nn.Module):
         reg_targets = reg_targets.reshape(-1, 4)[pos]
         ctr_logits = ctr_logits.reshape(-1)[pos]
         pos_anchors = all_anchors.repeat(batch, 1)[pos]  # anchors are shared by the batch
+        ctr_targets = self.centerness_targets(reg_targets, pos_anchors)
+        # Reduced on every rank, positives or not: a collective that only some ranks enter hangs.
+        ctr_sum = _mean_over_processes(ctr_targets.sum().detach())
         if pos.any():
-            ctr_targets = self.centerness_targets(reg_targets, pos_anchors)
-            ctr_sum = _mean_over_processes(ctr_targets.sum().detach())
             loss_reg = self.giou_loss(deltas, reg_targets, pos_anchors, ctr_targets) / ctr_sum
             loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits, ctr_targets, reduction="sum") / num_pos
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
@@ -50,7 +51,7 @@ def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold:
     # The official kernel compares a float32 IoU with a float32 threshold; torchvision's CPU kernel
     # compares it with a double, so an IoU of exactly float32(0.6) would be suppressed there.
     # Rounding the threshold to float32 restores the official decision.
-    iou_threshold = float(torch.tensor(iou_threshold, dtype=torch.float32))
+    iou_threshold = float(np.float32(iou_threshold))  # a host scalar: no tensor, no device
     keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     for label in torch.unique(labels):
         idx = torch.nonzero(labels == label).squeeze(1)  # ascending, so stable ties keep input order

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from adapt.data import Task, transforms_from_config
 from adapt.data.coco import CocoDetection
@@ -94,6 +94,65 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             order = list(range(self.size))
         return iter([(self.epoch, i) for i in order])
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """Rank ``rank``'s share of the single-process order: the global batches are the same images.
+
+    The (seed, epoch) permutation of :class:`EpochSampler` is cut to whole global batches (official
+    ``copies * N // IMS_PER_BATCH`` iterations, the incomplete last batch dropped) and dealt round
+    robin, so with a per-rank batch of ``global_batch / world`` the k-th step of all ranks together
+    sees exactly the images of the single-process k-th batch. A set smaller than one global batch is
+    wrapped around to give every rank the same number of images (no rank may run a step less).
+    A ``DistributedSampler`` subclass, so Lightning keeps it instead of wrapping the order again.
+    """
+
+    def __init__(self, size: int, seed: int, global_batch: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.order = EpochSampler(size, seed)
+        self.size = size
+        if size >= global_batch:
+            self.total = size // global_batch * global_batch
+        else:
+            self.total = -(-size // num_replicas) * num_replicas
+        self.num_samples = self.total // num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        order = list(self.order)
+        order = (order * (-(-self.total // len(order))))[: self.total]
+        return iter(order[self.rank :: self.num_replicas])
+
+
+class DistributedEvalSampler(DistributedSampler):
+    """Images ``rank, rank + world, ...`` with no padding, so no image is evaluated twice.
+
+    (Torch's sampler repeats images to even out the ranks, which would count them twice in AP.)
+    :func:`interleave` puts the gathered per-rank predictions back in dataset order.
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.size = size
+        self.num_samples = len(range(rank, size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+        return iter(range(self.rank, self.size, self.num_replicas))
+
+
+def interleave(per_rank: Sequence[Sequence[Any]]) -> list[Any]:
+    """Inverse of :class:`DistributedEvalSampler`'s split: item k of rank r is dataset item r + k*world."""
+    world = len(per_rank)
+    out: list[Any] = [None] * sum(len(items) for items in per_rank)
+    for rank, items in enumerate(per_rank):
+        out[rank::world] = items
+    return out
 
 
 class GLIPCollate:
@@ -184,8 +243,30 @@ class TaskDataModule(L.LightningDataModule):
         """Optimiser steps in one evaluation period (see `steps_per_period`)."""
         return steps_per_period(len(self.split("train")), self.copies, self.batch_size)
 
+    def world(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
         data = CopiedDataset(self.split("train"), self.copies, self.seed)
+        world, rank = self.world()
+        if world > 1:
+            # The batch size is global (official IMS_PER_BATCH: 4 GPUs x 1 image), split over ranks.
+            if self.batch_size % world:
+                raise ValueError(
+                    f"data.batch_size={self.batch_size} is the global batch and must be divisible "
+                    f"by the {world} devices"
+                )
+            sampler = DistributedEpochSampler(len(data), self.seed, self.batch_size, world, rank)
+            return DataLoader(
+                data,
+                batch_size=self.batch_size // world,
+                sampler=sampler,
+                num_workers=self.num_workers,
+                collate_fn=self.collate,
+                persistent_workers=False,
+            )
         # Official iterations per period = copies * N // batch: drop the incomplete last batch.
         drop_last = len(data) >= self.batch_size
         return DataLoader(
@@ -200,6 +281,16 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
+        world, rank = self.world()
+        if world > 1:
+            data = self.split(split)
+            return DataLoader(
+                data,
+                batch_size=max(self.eval_batch_size // world, 1),  # global, like the train batch
+                sampler=DistributedEvalSampler(len(data), world, rank),
+                num_workers=self.num_workers,
+                collate_fn=self.collate,
+            )
         return DataLoader(
             self.split(split),
             batch_size=self.eval_batch_size,

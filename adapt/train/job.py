@@ -211,6 +211,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     """The job body (see the module docstring); raises on any failure."""
     # Frozen parts run in eval mode on purpose (the official module modes, see adapt.train.modes).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+    # Under DDP every rank computes the same gathered AP (module.gather_predictions), and the eval
+    # sampler repeats no image (datamodule.DistributedEvalSampler): Lightning's advice is moot.
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"Using `DistributedSampler` with the dataloaders", category=UserWarning
+    )
     clock = RunClock()
     check_config(cfg)  # before anything is built: a bad value is one sentence, not an hour later
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +290,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
             if protocol.evaluated_step != module.global_step or not protocol.history:
                 trainer.validate(module, datamodule=dm, verbose=False)  # the final weights count too
+            trainer.strategy.barrier("best weights written")  # by rank 0, read by every rank
             module.load_trainable(load_file(str(ckpt_dir / BEST_FILE)))
         else:
             trainer.validate(module, datamodule=dm, verbose=False)
@@ -292,7 +299,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         test = test_fields(module.last_eval)
 
         export_dir = None
-        if trains:
+        if trains and trainer.is_global_zero:
             export_dir = export_run(
                 run_dir / "export",
                 model,
@@ -312,9 +319,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             wall_time_s=clock.elapsed_s(),
             resumed=clock.resumed,
             peak_memory_mb=peak_memory_mb(module.device),
-            machine=machine_info(module.device),
+            machine={**machine_info(module.device), "processes": trainer.world_size},
         )
         path = record.write("complete")
+        if not trainer.is_global_zero:
+            return test["ap"]
         if not cfg.get("keep_checkpoints", False):
             # The export holds the best weights; last.ckpt only served to resume an unfinished run
             # (and, left behind, would make `resume=auto` continue a finished one).

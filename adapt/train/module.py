@@ -17,10 +17,12 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from adapt.model import GLIP, TextFeatures
 from adapt.prompt import EncodedPrompt
+from adapt.train.datamodule import interleave
 from adapt.train.modes import ModePolicy
 
 # Official MAX_NEG_PER_BATCH: a batch is skipped when more than this fraction of images has no box.
@@ -122,8 +124,10 @@ class GLIPAdaptation(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         targets = batch["targets"]
-        empty = sum(1 for t in targets if len(t["boxes"]) == 0)
-        if empty > MAX_EMPTY_FRACTION * len(targets):
+        empty, total = global_counts(
+            sum(1 for t in targets if len(t["boxes"]) == 0), len(targets), self.device
+        )
+        if empty > MAX_EMPTY_FRACTION * total:
             # Official MAX_NEG_PER_BATCH: skip (no step) when > 10% of the images have no box.
             self.skipped_batches += 1
             return None
@@ -198,7 +202,7 @@ class GLIPAdaptation(L.LightningModule):
     def _evaluate(self, split: str) -> dict[str, Any]:
         if self.evaluator is None:
             raise RuntimeError("GLIPAdaptation needs an evaluator to compute COCO AP")
-        metrics = self.evaluator(split, self._predictions)
+        metrics = self.evaluator(split, gather_predictions(self._predictions))
         self._predictions = []
         self.last_eval = {
             "split": split,
@@ -238,6 +242,30 @@ class GLIPAdaptation(L.LightningModule):
             raise KeyError(
                 f"resume checkpoint lacks trainable tensors {missing[:5]}: was it saved in another mode?"
             )
+
+
+def global_counts(empty: int, images: int, device: torch.device) -> tuple[int, int]:
+    """(images without a box, images) of the global batch: every rank skips a batch, or none does
+    (a rank that skips alone would leave the others waiting in the gradient all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return empty, images
+    counts = torch.tensor([empty, images], dtype=torch.int64, device=device)
+    dist.all_reduce(counts)
+    return int(counts[0]), int(counts[1])
+
+
+def gather_predictions(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's predictions in dataset order, on every rank (one process: unchanged).
+
+    The evaluation loaders deal images round robin without padding (``DistributedEvalSampler``),
+    so the gathered list is the single-process list and the AP is exactly the single-process AP;
+    each rank computes it, so the plateau schedule and early stopping decide alike everywhere.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return predictions
+    per_rank: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, predictions)
+    return interleave(per_rank)
 
 
 def trainable_counts(model: GLIP) -> dict[str, int]:

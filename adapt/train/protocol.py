@@ -83,7 +83,7 @@ class FewShotProtocol(L.Callback):
         else:
             self.worse = 0
             self.best_ap, self.best_step, self.best_epoch = ap, step, epoch
-            if pl_module.trainable:
+            if pl_module.trainable and trainer.is_global_zero:  # DDP: the ranks hold the same weights
                 save_trainable(pl_module, self.best_path)
         if self.stop_patience > 0 and self.worse >= self.stop_patience:
             trainer.should_stop = True

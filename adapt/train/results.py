@@ -28,6 +28,18 @@ from adapt.record import RESULTS_FILE, composed_config, update_record
 from adapt.sweep import STALE_AT_START, normalize_shots
 
 
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 (always, without DDP): the one that writes files.
+
+    Lightning sets the rank from the launcher's environment at import (``LOCAL_RANK``, ``RANK``,
+    ``SLURM_PROCID``) and again once the trainer has joined the process group, so this is right
+    before a Trainer exists too.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
     """Peak memory of this process in MiB (CUDA allocator on GPU, max RSS on CPU)."""
     device = torch.device(device) if device is not None else None
@@ -100,8 +112,9 @@ class RunRecord:
     def write(self, status: str | None = None) -> Path:
         if status is not None:
             self.data["status"] = status
-        # The first write starts this attempt: how an earlier one ended no longer holds.
-        update_record(self.run_dir, self.data, drop=() if self._started else STALE_AT_START)
+        if is_global_zero():  # one writer under DDP; every rank holds the same record
+            # The first write starts this attempt: how an earlier one ended no longer holds.
+            update_record(self.run_dir, self.data, drop=() if self._started else STALE_AT_START)
         self._started = True
         return self.path
 
