@@ -29,12 +29,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).parent / "odinw"))
-from cost import flop_counter  # noqa: E402  (benchmarks/odinw/cost.py: FLOP formulas torch lacks)
+from cost import flop_counter
 
-from adapt.detector import model_config  # noqa: E402
-from adapt.model import GLIPConfig, build_glip  # noqa: E402
-from adapt.model.preprocess import batch_images  # noqa: E402
-from adapt.train.results import machine_info  # noqa: E402
+from adapt.detector import model_config
+from adapt.model import GLIPConfig, build_glip
+from adapt.model.preprocess import batch_images
+from adapt.train.results import machine_info
 
 CAPTION_TOKENS = 20  # a typical ODinW prompt: [CLS] + 18 word pieces + [SEP], padded to 256
 
@@ -121,7 +121,9 @@ def step_fn(model: nn.Module, inputs: dict[str, Any], mode: str | None, autocast
     def train() -> Any:
         with autocast():
             losses = model(inputs["images"], inputs["image_sizes"], targets=inputs["targets"], **kwargs)
-        total = sum(v for k, v in losses.items() if k != "total") if "total" not in losses else losses["total"]
+        total = (
+            sum(v for k, v in losses.items() if k != "total") if "total" not in losses else losses["total"]
+        )
         total.backward()
         model.zero_grad(set_to_none=True)
         return losses
@@ -148,7 +150,9 @@ def profile_once(fn: Callable[[], Any], labels: list[str]) -> tuple[dict[str, fl
     return per, total, ops[:15]
 
 
-def module_flops(fn: Callable[[], Any], modules: dict[str, nn.Module], model: nn.Module) -> tuple[dict, float]:
+def module_flops(
+    fn: Callable[[], Any], modules: dict[str, nn.Module], model: nn.Module
+) -> tuple[dict, float]:
     """FLOPs per labelled module (forward and, in a training step, backward) and in total."""
     counter, _ = flop_counter()
     with counter:
@@ -200,29 +204,50 @@ def main(argv: list[str] | None = None) -> int:
     tower = [k for k in modules if k.startswith("tower.")]
     per["head predictions"] = per["head (all)"] - sum(per[k] for k in tower)
     flops["head predictions"] = flops["head (all)"] - sum(flops[k] for k in tower)
+    # Everything outside the ranges: anchors, glue and, in a training step, the whole backward.
+    top = [k for k in modules if not k.startswith("tower.")]
+    per["other (glue; backward)"] = total - sum(per[k] for k in top)
+    flops["other (glue; backward)"] = total_flops - sum(flops[k] for k in top)
     m = machine_info(args.device)
     what = f"one {args.train} training step" if args.train else "inference"
-    print(f"# {args.model} {what}, batch {args.batch}, {args.height}x{args.width}, {args.dtype}, "
-          f"{args.threads} threads; {m['cpu']}, torch {m['torch']}")
-    print(f"# wall {total:.2f} s (profiled), {total_flops / 1e9:.1f} GFLOP ({total_flops / total / 1e9:.1f} GFLOP/s)")
+    print(
+        f"# {args.model} {what}, batch {args.batch}, {args.height}x{args.width}, {args.dtype}, "
+        f"{args.threads} threads; {m['cpu']}, torch {m['torch']}"
+    )
+    print(
+        f"# wall {total:.2f} s (profiled), {total_flops / 1e9:.1f} GFLOP "
+        f"({total_flops / total / 1e9:.1f} GFLOP/s)"
+    )
     print(f"| {'module':<28} | {'s':>7} | {'time %':>6} | {'GFLOP':>8} | {'FLOP %':>6} | {'GFLOP/s':>7} |")
     print(f"|{'-' * 30}|{'-' * 9}|{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
     rows = []
-    for label in [*modules, "head predictions"]:
+    for label in [*modules, "head predictions", "other (glue; backward)"]:
         if label == "head (all)" or (label == "loss" and not args.train):
             continue
         s, f = per[label], flops.get(label, 0.0)
         rows.append({"module": label, "seconds": s, "flops": f})
         rate = f / s / 1e9 if s > 0 else 0.0
-        print(f"| {label:<28} | {s:7.3f} | {100 * s / total:6.1f} | {f / 1e9:8.2f} | "
-              f"{100 * f / total_flops:6.1f} | {rate:7.1f} |")
+        print(
+            f"| {label:<28} | {s:7.3f} | {100 * s / total:6.1f} | {f / 1e9:8.2f} | "
+            f"{100 * f / total_flops:6.1f} | {rate:7.1f} |"
+        )
     print("\n# top operators by self CPU time")
     for key, s, count in ops:
         print(f"  {key:<50} {s:8.3f} s  {100 * s / total:5.1f} %  x{count}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": m, "args": vars(args), "total_s": total,
-                                               "total_flops": total_flops, "rows": rows,
-                                               "ops": ops}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": m,
+                    "args": vars(args),
+                    "total_s": total,
+                    "total_flops": total_flops,
+                    "rows": rows,
+                    "ops": ops,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
