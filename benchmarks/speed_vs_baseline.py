@@ -71,9 +71,9 @@ def worker(args: argparse.Namespace) -> int:
 
     for _ in range(args.warmup):
         forward()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     detections = forward()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     out = head["out"]
     torch.save(
         {
@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> int:
         },
         args.out,
     )
-    print(json.dumps({"seconds": seconds, "batch": args.batch}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "batch": args.batch}))
     return 0
 
 
@@ -91,8 +91,11 @@ def worker(args: argparse.Namespace) -> int:
 # Driver.
 
 
-def run_one(tree: Path, variant: str, args: argparse.Namespace, out: Path) -> float:
-    """One forward of ``tree`` in a fresh subprocess; seconds per image (batch time / batch)."""
+def run_one(tree: Path, variant: str, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """One forward of ``tree`` in a fresh subprocess: (wall, CPU) seconds per image (/ batch).
+
+    CPU time (all threads) is reported next to wall time: on a machine shared with other jobs it
+    is the steadier of the two (it does not count time spent waiting for a core)."""
     dtype = "bf16" if variant == "bf16" else "fp32"
     batch = int(variant[1:]) if variant.startswith("b") and variant[1:].isdigit() else 1
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out)]
@@ -103,7 +106,8 @@ def run_one(tree: Path, variant: str, args: argparse.Namespace, out: Path) -> fl
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
     if proc.returncode != 0:
         raise RuntimeError(f"forward of {tree} ({variant}) failed:\n{proc.stderr[-3000:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]) / batch
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(result["seconds"]) / batch, float(result["cpu_seconds"]) / batch
 
 
 def box_iou(a: Any, b: Any) -> Any:
@@ -204,13 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         sides += [(f"current {v}", ROOT, v) for v in args.variants]
         try:
             times: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+            cpu: dict[str, list[float]] = {name: [] for name, _, _ in sides}
             for rep in range(args.reps):
                 order = sides if rep % 2 == 0 else sides[::-1]  # ABBA: drift hits both sides alike
                 for name, tree, variant in order:
-                    seconds = run_one(tree, variant, args, tmp_path / f"{name.replace(' ', '_')}.pt")
+                    seconds, cpu_s = run_one(tree, variant, args, tmp_path / f"{name.replace(' ', '_')}.pt")
                     times[name].append(seconds)
-                    print(f"  rep {rep + 1}  {name:<22} {seconds:8.2f} s/image", flush=True)
+                    cpu[name].append(cpu_s)
+                    print(
+                        f"  rep {rep + 1}  {name:<22} {seconds:8.2f} s/image wall  {cpu_s:8.2f} s CPU",
+                        flush=True,
+                    )
             medians = {name: statistics.median(t) for name, t in times.items()}
+            cpu_medians = {name: statistics.median(t) for name, t in cpu.items()}
             ref_name = sides[0][0]
             result: dict[str, Any] = {
                 "machine": machine,
@@ -218,14 +228,22 @@ def main(argv: list[str] | None = None) -> int:
                 "date": time.strftime("%Y-%m-%d"),
                 "times": times,
                 "medians": medians,
+                "cpu_times": cpu,
+                "cpu_medians": cpu_medians,
             }
             print("# medians (s per image) and speed ratios (throughput) against " + ref_name)
             result["speedup"] = {}
             result["comparison"] = {}
             for name, _, _variant in sides:
                 ratio = medians[ref_name] / medians[name]
+                cpu_ratio = cpu_medians[ref_name] / cpu_medians[name]
                 result["speedup"][name] = ratio
-                print(f"  {name:<22} {medians[name]:8.2f} s   {ratio:5.2f}x", flush=True)
+                result.setdefault("cpu_speedup", {})[name] = cpu_ratio
+                print(
+                    f"  {name:<22} {medians[name]:8.2f} s   {ratio:5.2f}x wall   "
+                    f"{cpu_medians[name]:8.2f} s CPU   {cpu_ratio:5.2f}x CPU",
+                    flush=True,
+                )
                 if name != ref_name:
                     cmp = compare(
                         tmp_path / f"{ref_name.replace(' ', '_')}.pt",
