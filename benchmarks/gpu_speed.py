@@ -8,7 +8,7 @@ per (dtype, batch) after a warm-up; bf16 runs it under ``torch.autocast``. One m
 configuration; on CUDA the peak memory is reset per configuration.
 
 MFU = FLOPs per image x images/s / peak. FLOPs are counted once (``torch.utils.flop_counter`` with
-the formulas ``benchmarks/odinw/cost.py`` adds for deformable convolution); they do not depend on
+the formulas ``adapt.flops`` adds for deformable convolution); they do not depend on
 the dtype. Two peaks are given: the datasheet figure of the device where it is known (dense, no
 sparsity; a lead, not a measurement) and a dense matrix product measured here and now, the
 ceiling that matters in practice.
@@ -28,12 +28,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "odinw"))
 
-from cost import count_flops
 from model_speed import CLASSES_CAPTION_TOKENS, HEIGHT, WIDTH
 
 from adapt.detector import model_config
+from adapt.flops import count_flops
 from adapt.model import GLIPConfig, build_glip
 from adapt.model.preprocess import batch_images
 from adapt.train.results import machine_info
@@ -154,7 +153,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "image_hw": list(hw),
         "padded_hw": list(one["images"].shape[-2:]),
         "gflops_per_image": flops.total / 1e9,
-        "uncounted_ops": flops.uncounted,
         "peak_tflops_datasheet": datasheet,
         "peak_tflops_measured_matmul": measured,
         "machine": machine_info(device),

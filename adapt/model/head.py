@@ -135,13 +135,16 @@ class VLDyHead(nn.Module):
         proj_tokens = self.dot_product_projection_text(tokens / 2.0)  # [B, T, C]
         token_bias = torch.matmul(tokens, self.bias_lang) + self.bias0  # [B, T]
 
+        # Under autocast (bf16/fp16) the predictions are computed in low precision but returned in
+        # fp32 (a no-op in fp32): the loss and the box decoding need it (a bf16 box coordinate near
+        # 1333 px is off by up to 4 px). The logits are converted after the official clamp.
         bbox_reg, centerness, logits = [], [], []
         for level, x in enumerate(visual):
-            bbox_reg.append(self.scales[level](self.bbox_pred(x)))
-            centerness.append(self.centerness(x))
+            bbox_reg.append(self.scales[level](self.bbox_pred(x)).float())
+            centerness.append(self.centerness(x).float())
             queries = x.flatten(2).transpose(1, 2)  # [B, H*W, C]; the image side is not normalised
             logit = torch.matmul(queries, proj_tokens.transpose(-1, -2)) / self.log_scale.exp()
             logit = logit + token_bias[:, None, :]
             # Official CLAMP_DOT_PRODUCT.
-            logits.append(logit.clamp(-DOT_PRODUCT_CLAMP, DOT_PRODUCT_CLAMP))
+            logits.append(logit.clamp(-DOT_PRODUCT_CLAMP, DOT_PRODUCT_CLAMP).float())
         return HeadOutputs(bbox_reg, centerness, logits)
