@@ -66,7 +66,7 @@ class ModePolicy:
             # gradients, so recomputing it in backward would only cost time.
             for module in model.modules():
                 if isinstance(module, VLFuse):
-                    module.use_checkpoint = False
+                    module.checkpoint_policy = module.use_checkpoint = False
         self._trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.set_module_modes(model)
         return list(self._trainable)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from adapt.model import GLIP, TextFeatures
 from adapt.prompt import EncodedPrompt
+from adapt.train.checkpointing import resolve_fusion_checkpointing
 from adapt.train.modes import ModePolicy
 from adapt.train.optim import build_optimizer
 
@@ -128,6 +129,7 @@ class GLIPAdaptation(L.LightningModule):
             self.skipped_batches += 1
             return None
         images = batch["images"]
+        resolve_fusion_checkpointing(self.model, images)
         text = self.text_features(images.shape[0], batch)
         losses = self.model(images, batch["image_sizes"], text=text, targets=targets)
         assert isinstance(losses, dict)
