@@ -198,7 +198,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         return evaluate(dm.split(split).coco, results, max_dets=task.max_dets)
 
     module = GLIPAdaptation(
-        model, policy, prompt, optimizer=cfg.mode.get("optimizer"), evaluator=evaluator, seed=int(cfg.seed)
+        model,
+        policy,
+        prompt,
+        optimizer=cfg.mode.get("optimizer"),
+        evaluator=evaluator,
+        seed=int(cfg.seed),
+        feature_cache_mb=float(cfg.get("feature_cache_mb") or 0),
     )
     record.update(params=trainable_counts(model))
 

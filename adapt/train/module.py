@@ -22,6 +22,7 @@ from torch import Tensor
 from adapt.model import GLIP, TextFeatures
 from adapt.prompt import EncodedPrompt
 from adapt.train.checkpointing import resolve_fusion_checkpointing
+from adapt.train.feature_cache import FeatureCache, view_keys
 from adapt.train.modes import ModePolicy
 from adapt.train.optim import build_optimizer
 
@@ -48,6 +49,7 @@ class GLIPAdaptation(L.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         evaluator: Evaluator | None = None,
         seed: int = 0,
+        feature_cache_mb: float = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -60,6 +62,7 @@ class GLIPAdaptation(L.LightningModule):
         # Checkpoints hold the trainable tensors only (see on_save_checkpoint).
         self.strict_loading = False
         self._text_cache: dict[torch.device, TextFeatures] = {}
+        self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._predictions: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
         self.skipped_batches = 0
@@ -131,7 +134,8 @@ class GLIPAdaptation(L.LightningModule):
         images = batch["images"]
         resolve_fusion_checkpointing(self.model, images)
         text = self.text_features(images.shape[0], batch)
-        losses = self.model(images, batch["image_sizes"], text=text, targets=targets)
+        cached = self.cached_inputs(batch, text)
+        losses = self.model(images, batch["image_sizes"], text=text, targets=targets, **cached)
         assert isinstance(losses, dict)
         loss = losses["total"]
         if not torch.isfinite(loss):
@@ -144,6 +148,55 @@ class GLIPAdaptation(L.LightningModule):
         for key, value in losses.items():
             self._log(f"train/{key}", value.detach(), batch_size=bs, prog_bar=key == "total")
         return loss
+
+    # ------------------------------------------------------------------------------------------
+    # Frozen features computed once (adapt.train.feature_cache)
+
+    def backbone_cacheable(self) -> bool:
+        """Swin + FPN are a pure function of their input: nothing in them trains or runs in train mode."""
+        backbone = self.model.backbone
+        return not any(p.requires_grad for p in backbone.parameters()) and not any(
+            m.training for m in backbone.modules()
+        )
+
+    def tower_cacheable(self, batch: Mapping[str, Any]) -> bool:
+        """The tower's output is a function of the view: cache_tower policy, frozen eval-mode tower,
+        the backbone cacheable, and the fixed task prompt through a frozen BERT (no offset)."""
+        tower = self.model.head.dyhead_tower
+        return (
+            self.policy.cache_tower
+            and self.backbone_cacheable()
+            and self.text_cached()
+            and "input_ids" not in batch
+            and self.model.prompt_offset is None
+            and not any(p.requires_grad for p in tower.parameters())
+            and not any(m.training for m in tower.modules())
+        )
+
+    def cached_inputs(self, batch: Mapping[str, Any], text: TextFeatures) -> dict[str, Any]:
+        """``features=`` or ``fused=`` for the model from the cache (filled on a miss), or nothing."""
+        cache = self.feature_cache
+        if not cache.enabled or not self.backbone_cacheable():
+            return {}
+        keys = view_keys(batch)
+        if keys is None:
+            return {}
+        images = batch["images"]
+        if self.tower_cacheable(batch):
+            hit = cache.get(keys)
+            if hit is not None:
+                return {"fused": (hit[:-1], hit[-1])}
+            with torch.no_grad():
+                visual, lang = self.model.head.tower(self.model.backbone(images), text)
+            cache.put(keys, [*visual, lang])
+            return {"fused": (visual, lang)}
+        hit = cache.get(keys)
+        if hit is not None:
+            return {"features": hit}
+        with torch.no_grad():
+            features = self.model.backbone(images)
+        cache.put(keys, features)
+        return {"features": features}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The plateau schedule is stepped by FewShotProtocol right after each evaluation (official

@@ -8,6 +8,7 @@ from train_helpers import FIXTURE, mini_arch, mini_model
 
 from adapt.model import GLIPConfig
 from adapt.model.fusion import VLFuse
+from adapt.model.preprocess import batch_images
 from adapt.prompt import encode_prompt, load_tokenizer
 from adapt.train import checkpointing
 from adapt.train.modes import build_policy
@@ -21,7 +22,9 @@ def _oracle_module(mode: str, policy: bool | str) -> tuple[GLIPAdaptation, dict]
         if isinstance(fuse, VLFuse):
             fuse.checkpoint_policy = policy
             fuse.use_checkpoint = policy is not False
-    module = GLIPAdaptation(model, build_policy({"name": mode}), encode_prompt(io["inputs"]["categories"], load_tokenizer()))
+    module = GLIPAdaptation(
+        model, build_policy({"name": mode}), encode_prompt(io["inputs"]["categories"], load_tokenizer())
+    )
     if mode == "prompt":
         with torch.no_grad():
             model.prompt_offset.copy_(io["prompt_tuning"]["tunable_linear_weight_rows_0_255"])
@@ -62,24 +65,45 @@ def test_prompt_tuning_with_checkpointing_on_and_off_gives_identical_loss_and_gr
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _tiny_module(mode: str, policy: bool | str) -> tuple[GLIPAdaptation, dict]:
+    """The mini model on two small random images (fast)."""
+    model = mini_model()
+    for fuse in model.modules():
+        if isinstance(fuse, VLFuse):
+            fuse.checkpoint_policy = policy
+            fuse.use_checkpoint = policy is not False
+    prompt = encode_prompt(["tree", "car"], load_tokenizer())
+    module = GLIPAdaptation(model, build_policy({"name": mode}), prompt)
+    module.train()
+    g = torch.Generator().manual_seed(0)
+    images, sizes = batch_images([torch.rand(3, 64, 96, generator=g), torch.rand(3, 96, 64, generator=g)])
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 30.0], [10.0, 20.0, 50.0, 60.0]])
+    targets = [{"boxes": boxes, "positive_map": prompt.positive_map(torch.tensor([1, 2]))} for _ in sizes]
+    return module, {"images": images, "image_sizes": sizes, "targets": targets}
+
+
 def test_auto_turns_checkpointing_off_where_the_fusion_fits_and_on_where_it_does_not(monkeypatch):
-    module, batch = _oracle_module("prompt", "auto")
+    module, batch = _tiny_module("prompt", "auto")
     fuses = [m for m in module.model.modules() if isinstance(m, VLFuse)]
     assert all(f.use_checkpoint for f in fuses)  # "auto" starts on: safe outside a training step
     need = checkpointing.fusion_activation_bytes(module.model, *_bhw(batch["images"]))
-    monkeypatch.setattr(checkpointing, "available_memory", lambda device: int(need / checkpointing.FREE_MEMORY_SHARE) + 1)
+    monkeypatch.setattr(
+        checkpointing, "available_memory", lambda device: int(need / checkpointing.FREE_MEMORY_SHARE) + 1
+    )
     module.training_step(batch, 0)
     assert not any(f.use_checkpoint for f in fuses)
-    monkeypatch.setattr(checkpointing, "available_memory", lambda device: int(need / checkpointing.FREE_MEMORY_SHARE) - 1)
+    monkeypatch.setattr(
+        checkpointing, "available_memory", lambda device: int(need / checkpointing.FREE_MEMORY_SHARE) - 1
+    )
     module.training_step(batch, 0)
     assert all(f.use_checkpoint for f in fuses)
 
 
 def test_explicit_settings_are_not_overridden_by_auto():
-    module, batch = _oracle_module("prompt", True)
+    module, batch = _tiny_module("prompt", True)
     module.training_step(batch, 0)
     assert all(m.use_checkpoint for m in module.model.modules() if isinstance(m, VLFuse))
-    linear, batch = _oracle_module("linear", "auto")  # the official probe never recomputes
+    linear, batch = _tiny_module("linear", "auto")  # the official probe never recomputes
     linear.training_step(batch, 0)
     assert not any(m.use_checkpoint for m in linear.model.modules() if isinstance(m, VLFuse))
 
@@ -90,7 +114,7 @@ def _bhw(images: torch.Tensor) -> tuple[int, int, int]:
 
 def _saved_bytes(mode: str, policy: bool) -> int:
     """Bytes autograd keeps for backward in one training step (distinct storages)."""
-    module, batch = _oracle_module(mode, policy)
+    module, batch = _tiny_module(mode, policy)
     storages: dict[int, int] = {}
     keep: list[torch.Tensor] = []
 
@@ -106,7 +130,7 @@ def _saved_bytes(mode: str, policy: bool) -> int:
 
 @pytest.mark.parametrize("mode", ["prompt", "full"])
 def test_the_fusion_memory_estimate_over_counts_what_autograd_saves(mode):
-    module, batch = _oracle_module(mode, False)
+    module, batch = _tiny_module(mode, False)
     estimate = checkpointing.fusion_activation_bytes(module.model, *_bhw(batch["images"]))
     fusion = _saved_bytes(mode, False) - _saved_bytes(mode, True)
     assert fusion > 0
