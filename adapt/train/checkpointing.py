@@ -35,6 +35,9 @@ FREE_MEMORY_SHARE = 0.5
 UNITS_FROZEN = 7.0
 UNITS_DROPOUT = 3.0
 UNITS_WEIGHTS = 2.5
+# The text side: key and value projections per head and their inputs, in units of [B, T, embed]
+# (negligible at detection sizes, where N >> T, but not on tiny inputs).
+UNITS_TEXT = 4.0
 BYTES_PER_ELEMENT = 4  # fp32 (an over-count under fp16 autocast)
 
 
@@ -70,7 +73,8 @@ def fusion_activation_bytes(model: nn.Module, batch: int, height: int, width: in
     attn = fuses[0].b_attn.attn
     width_units = max(attn.num_heads * cfg.language.max_query_len, attn.num_heads * attn.head_dim)
     unit = batch * locations * width_units * BYTES_PER_ELEMENT
-    return int(sum(_fusion_units(f) for f in fuses) * unit)
+    text_unit = batch * cfg.language.max_query_len * attn.num_heads * attn.head_dim * BYTES_PER_ELEMENT
+    return int(sum(_fusion_units(f) * unit + UNITS_TEXT * text_unit for f in fuses))
 
 
 def available_memory(device: torch.device) -> int:
