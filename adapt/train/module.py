@@ -7,7 +7,9 @@ stop) is :mod:`adapt.train.protocol`.
 
 The prompt is fixed per task (all categories in label order, official ``DISABLE_SHUFFLE``), so when
 the language backbone is frozen its output is computed once and reused: prompt tuning, linear
-probing, LoRA and zero-shot never run BERT per step.
+probing, LoRA and zero-shot never run BERT per step. Likewise a frozen, eval-mode backbone's output
+is kept per training view (``adapt.train.feature_cache``), and ``use_checkpoint: auto`` is decided
+per step (``adapt.train.checkpointing``).
 """
 
 from __future__ import annotations
