@@ -143,9 +143,9 @@ def _batch(module: Any, batch: int, scale: int, hw: tuple[int, int]) -> dict[str
 
 
 def count_step(
-    model: str, name: str, batch: int, scale: int, hw: tuple[int, int], task: str
+    model: str, name: str, batch: int, scale: int, hw: tuple[int, int], task: str, what: str
 ) -> dict[str, Any]:
-    """FLOPs and peak live bytes of one meta training step of configuration ``name``."""
+    """FLOPs (``what="flops"``) or peak live bytes of one meta training step of configuration ``name``."""
     _, _, checkpoint, cached, mode_yaml = next(c for c in CONFIGS if c[0] == name)
     module = _module(model, mode_yaml, checkpoint, task, "meta", 0)
     data = _batch(module, batch, scale, hw)
@@ -167,8 +167,6 @@ def count_step(
     net.loss = cost.LossOnCPU(original, net.anchor_generator, module.prompt.attention_mask)
     held = [*net.parameters(), *net.buffers(), images, *tree_flatten(extra)[0]]
     held += [t for t in vars(text).values() if isinstance(t, torch.Tensor)]
-    live = LiveBytes(held)
-    start = live.live
 
     def step() -> None:
         losses = net(images, data["image_sizes"], text=text, targets=data["targets"], **extra)
@@ -176,18 +174,24 @@ def count_step(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    # One quantity per call (see main): FlopCounterMode's module tracking keeps module outputs
+    # alive, which would inflate a memory count taken in the same pass.
     try:
+        if what == "flops":
+            with cost._meta_compat():
+                counted = cost.count_flops(step)
+            return {"flops": counted.total, "uncounted_ops": counted.uncounted}
+        live = LiveBytes(held)
         with cost._meta_compat(), live:
-            flops = cost.count_flops(step)
+            step()
+        return {"peak_bytes": live.peak, "start_bytes": _start(held)}
     finally:
         net.loss = original
-    return {
-        "flops": flops.total,
-        "peak_bytes": live.peak,
-        "start_bytes": start,
-        "uncounted_ops": flops.uncounted,
-        "padded_hw": list(data["images"].shape[-2:]),
-    }
+
+
+def _start(held: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages held before the step."""
+    return sum({id(t.untyped_storage()): t.untyped_storage().nbytes() for t in held}.values())
 
 
 def _sync(device: str) -> None:
@@ -268,6 +272,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=2, help="timed rounds (after one warm-up round)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--configs", nargs="+", help="count only these configurations (names as printed)")
     parser.add_argument("--skip-counts", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--json", help="also write the report as JSON here (atomically)")
@@ -295,9 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if not args.skip_counts:
         for name, *_ in CONFIGS:
+            if args.configs and name not in args.configs:
+                continue
             print(f"[train_step] counting {name}", file=sys.stderr, flush=True)
-            report["counts"][name] = count_step(args.model, name, args.batch, args.scale, hw, args.task)
-            gc.collect()
+            report["counts"][name] = {}
+            for what in ("flops", "memory"):
+                report["counts"][name].update(
+                    count_step(args.model, name, args.batch, args.scale, hw, args.task, what)
+                )
+                gc.collect()
     if not args.skip_timing:
         for group, names in TIMED.items():
             report["timing"][group] = time_group(
