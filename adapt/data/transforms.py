@@ -112,7 +112,8 @@ class RandomHorizontalFlip:
         if self.p <= 0 or torch.rand(()).item() >= self.p:
             return image, target
         image = F.hflip(image)
-        target = dict(target)
+        # hflip identifies the view (adapt.train.feature_cache keys frozen features by it).
+        target = dict(target, hflip=True)
         if "boxes" in target:
             boxes = target["boxes"]
             width = image.width if isinstance(image, Image.Image) else image.shape[-1]

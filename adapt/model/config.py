@@ -59,8 +59,16 @@ class HeadConfig:
     prior_prob: float = 0.01
     # Layer-scale init of the fusion; None means the official 1 / num_layers.
     layer_scale_init: float | None = None
-    # Official DYHEAD.USE_CHECKPOINT: recompute the fusion in backward (memory; same numbers).
-    use_checkpoint: bool = True
+    # Official DYHEAD.USE_CHECKPOINT: recompute the fusion in backward, saving memory for FLOPs
+    # (same numbers either way). true, false, or "auto": a training step turns it off when the
+    # fusion's activations fit in half the free memory (adapt.train.checkpointing).
+    use_checkpoint: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.use_checkpoint not in (True, False, "auto"):
+            raise ValueError(
+                f"model.arch.head.use_checkpoint must be true, false or auto, got {self.use_checkpoint!r}"
+            )
 
 
 @dataclass

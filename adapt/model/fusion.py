@@ -153,14 +153,20 @@ class VLFuse(nn.Module):
         num_heads: int,
         dropout: float,
         layer_scale: float,
-        use_checkpoint: bool = True,
+        use_checkpoint: bool | str = True,
     ) -> None:
         super().__init__()
         self.b_attn = BiAttentionBlock(v_dim, l_dim, embed_dim, num_heads, dropout, layer_scale)
         # Official DYHEAD.USE_CHECKPOINT: recompute the fusion in backward to save memory (same
         # numbers; the RNG state is restored for dropout). Also in eval mode: prompt tuning
-        # back-propagates through the frozen, eval-mode head.
-        self.use_checkpoint = use_checkpoint
+        # back-propagates through the frozen, eval-mode head. ``checkpoint_policy`` is the
+        # configured true / false / "auto"; ``use_checkpoint`` the current decision, which for
+        # "auto" starts on (safe anywhere) and is set per training step by
+        # ``adapt.train.checkpointing.resolve_fusion_checkpointing``.
+        if use_checkpoint not in (True, False, "auto"):
+            raise ValueError(f"use_checkpoint must be True, False or 'auto', got {use_checkpoint!r}")
+        self.checkpoint_policy: bool | str = use_checkpoint
+        self.use_checkpoint = use_checkpoint is not False
 
     def forward(self, visual: list[Tensor], lang: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor]:
         shapes = [f.shape[-2:] for f in visual]

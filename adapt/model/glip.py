@@ -74,6 +74,8 @@ class GLIP(nn.Module):
         attention_mask: Tensor | None = None,
         targets: Sequence[Mapping[str, Any]] | None = None,
         label_to_tokens: Mapping[int, Sequence[int]] | None = None,
+        features: list[Tensor] | None = None,
+        fused: tuple[list[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (``targets`` given) or detections per image in network-input pixels.
 
@@ -85,6 +87,9 @@ class GLIP(nn.Module):
                 binary token targets, or labels=[n] turned into one through ``label_to_tokens``).
             label_to_tokens: label (1-based) -> token positions of its phrase; scores a class as the
                 mean of its tokens' probabilities at inference.
+            features: the backbone's P3..P7 for ``images``, computed before (skips Swin + FPN).
+            fused: the tower's (visual maps, token features) for ``images`` and ``text``, computed
+                before (skips the backbone and the tower; ``adapt.train.feature_cache``).
         """
         if text is None:
             if input_ids is None or attention_mask is None:
@@ -92,8 +97,13 @@ class GLIP(nn.Module):
             text = self.encode_text(input_ids, attention_mask)
         if self.prompt_offset is not None:
             text = text.with_offset(self.prompt_offset)
-        features = self.backbone(images)  # P3..P7, [B, C, H_l, W_l]
-        outputs = self.head(features, text)
+        if fused is not None:
+            features = fused[0]
+            outputs = self.head.predict(*fused)
+        else:
+            if features is None:
+                features = self.backbone(images)  # P3..P7, [B, C, H_l, W_l]
+            outputs = self.head(features, text)
         anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=images.device)
 
         if targets is not None:

@@ -128,8 +128,10 @@ class VLDyHead(nn.Module):
         return visual, lang
 
     def forward(self, features: list[Tensor], text: TextFeatures) -> HeadOutputs:
-        visual, lang = self.tower(features, text)
+        return self.predict(*self.tower(features, text))
 
+    def predict(self, visual: list[Tensor], lang: Tensor) -> HeadOutputs:
+        """The prediction layers on the tower's output (apart so a frozen tower's output can be cached)."""
         # Token side of the alignment: L2-normalise, project (e / 2.0), per-token bias.
         tokens = F.normalize(lang, p=2, dim=-1)
         proj_tokens = self.dot_product_projection_text(tokens / 2.0)  # [B, T, C]

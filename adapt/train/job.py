@@ -249,7 +249,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
 
     optimizer = instantiate(cfg.mode.optimizer) if cfg.mode.get("optimizer") else None
     module = GLIPAdaptation(
-        model, policy, prompt, optimizer=optimizer, evaluator=evaluator, seed=int(cfg.seed)
+        model,
+        policy,
+        prompt,
+        optimizer=optimizer,
+        evaluator=evaluator,
+        seed=int(cfg.seed),
+        feature_cache_mb=float(cfg.get("feature_cache_mb") or 0),
     )
     record.update(params=trainable_counts(model))
 

@@ -46,6 +46,8 @@ class ModePolicy:
     trains: bool
     eval_modules: Sequence[str] = ()
     lora: Mapping[str, Any] | None = None
+    # Opt-in linear variant (conf/mode/linear_cached.yaml): the tower in eval mode, its output cached.
+    cache_tower: bool = False
     _trainable: list[str] = field(default_factory=list, repr=False)
 
     # ------------------------------------------------------------------------------------------
@@ -66,7 +68,7 @@ class ModePolicy:
             # gradients, so recomputing it in backward would only cost time.
             for module in model.modules():
                 if isinstance(module, VLFuse):
-                    module.use_checkpoint = False
+                    module.checkpoint_policy = module.use_checkpoint = False
         self._trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.set_module_modes(model)
         return list(self._trainable)
@@ -166,6 +168,12 @@ def build_policy(mode_cfg: Mapping[str, Any]) -> ModePolicy:
     if name == "prompt":
         return ModePolicy(name, trains=True, eval_modules=(*frozen_trunk, "head"))
     if name == "linear":
+        if mode_cfg.get("cache_tower", False):
+            # Not the official probe (its frozen tower keeps dropout on): a deterministic tower
+            # whose output adapt.train.feature_cache keeps per training view.
+            return ModePolicy(
+                name, trains=True, eval_modules=(*frozen_trunk, "head.dyhead_tower"), cache_tower=True
+            )
         return ModePolicy(name, trains=True, eval_modules=frozen_trunk)
     if name == "full":
         return ModePolicy(name, trains=True, eval_modules=())

@@ -7,7 +7,9 @@ stop) is :mod:`adapt.train.protocol`.
 
 The prompt is fixed per task (all categories in label order, official ``DISABLE_SHUFFLE``), so when
 the language backbone is frozen its output is computed once and reused: prompt tuning, linear
-probing, LoRA and zero-shot never run BERT per step.
+probing, LoRA and zero-shot never run BERT per step. Likewise a frozen, eval-mode backbone's output
+is kept per training view (``adapt.train.feature_cache``), and ``use_checkpoint: auto`` is decided
+per step (``adapt.train.checkpointing``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from torch import Tensor
 
 from adapt.model import GLIP, TextFeatures
 from adapt.prompt import EncodedPrompt
+from adapt.train.checkpointing import resolve_fusion_checkpointing
 from adapt.train.datamodule import interleave
+from adapt.train.feature_cache import FeatureCache, view_keys
 from adapt.train.modes import ModePolicy
 
 # Official MAX_NEG_PER_BATCH: a batch is skipped when more than this fraction of images has no box.
@@ -48,6 +52,7 @@ class GLIPAdaptation(L.LightningModule):
         optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
         evaluator: Evaluator | None = None,
         seed: int = 0,
+        feature_cache_mb: float = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -61,6 +66,7 @@ class GLIPAdaptation(L.LightningModule):
         # Checkpoints hold the trainable tensors only (see on_save_checkpoint).
         self.strict_loading = False
         self._text_cache: dict[torch.device, TextFeatures] = {}
+        self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20))
         self._predictions: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
         self.skipped_batches = 0
@@ -132,8 +138,10 @@ class GLIPAdaptation(L.LightningModule):
             self.skipped_batches += 1
             return None
         images = batch["images"]
+        resolve_fusion_checkpointing(self.model, images)
         text = self.text_features(images.shape[0], batch)
-        losses = self.model(images, batch["image_sizes"], text=text, targets=targets)
+        cached = self.cached_inputs(batch, text)
+        losses = self.model(images, batch["image_sizes"], text=text, targets=targets, **cached)
         assert isinstance(losses, dict)
         loss = losses["total"]
         if not torch.isfinite(loss):
@@ -146,6 +154,55 @@ class GLIPAdaptation(L.LightningModule):
         for key, value in losses.items():
             self._log(f"train/{key}", value.detach(), batch_size=bs, prog_bar=key == "total")
         return loss
+
+    # ------------------------------------------------------------------------------------------
+    # Frozen features computed once (adapt.train.feature_cache)
+
+    def backbone_cacheable(self) -> bool:
+        """Swin + FPN are a pure function of their input: nothing in them trains or runs in train mode."""
+        backbone = self.model.backbone
+        return not any(p.requires_grad for p in backbone.parameters()) and not any(
+            m.training for m in backbone.modules()
+        )
+
+    def tower_cacheable(self, batch: Mapping[str, Any]) -> bool:
+        """The tower's output is a function of the view: cache_tower policy, frozen eval-mode tower,
+        the backbone cacheable, and the fixed task prompt through a frozen BERT (no offset)."""
+        tower = self.model.head.dyhead_tower
+        return (
+            self.policy.cache_tower
+            and self.backbone_cacheable()
+            and self.text_cached()
+            and "input_ids" not in batch
+            and self.model.prompt_offset is None
+            and not any(p.requires_grad for p in tower.parameters())
+            and not any(m.training for m in tower.modules())
+        )
+
+    def cached_inputs(self, batch: Mapping[str, Any], text: TextFeatures) -> dict[str, Any]:
+        """``features=`` or ``fused=`` for the model from the cache (filled on a miss), or nothing."""
+        cache = self.feature_cache
+        if not cache.enabled or not self.backbone_cacheable():
+            return {}
+        keys = view_keys(batch)
+        if keys is None:
+            return {}
+        images = batch["images"]
+        if self.tower_cacheable(batch):
+            hit = cache.get(keys)
+            if hit is not None:
+                return {"fused": (hit[:-1], hit[-1])}
+            with torch.no_grad():
+                visual, lang = self.model.head.tower(self.model.backbone(images), text)
+            cache.put(keys, [*visual, lang])
+            return {"fused": (visual, lang)}
+        hit = cache.get(keys)
+        if hit is not None:
+            return {"features": hit}
+        with torch.no_grad():
+            features = self.model.backbone(images)
+        cache.put(keys, features)
+        return {"features": features}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The plateau schedule is stepped by FewShotProtocol right after each evaluation (official

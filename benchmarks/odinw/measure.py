@@ -166,14 +166,21 @@ def _mode_cfg(mode: str) -> dict[str, Any]:
     return yaml.safe_load((CONF / "mode" / f"{mode}.yaml").read_text(encoding="utf-8"))
 
 
-def build_module(model_name: str, mode: str, task: str, device: str = "cpu") -> Any:
-    """GLIPAdaptation over a seeded random ``model_name`` with ``mode``'s policy, for ``task``'s prompt."""
+def build_module(
+    model_name: str, mode: str, task: str, device: str = "cpu", use_checkpoint: bool = True
+) -> Any:
+    """GLIPAdaptation over a seeded random ``model_name`` with ``mode``'s policy, for ``task``'s prompt.
+
+    ``use_checkpoint`` pins the fusion's checkpointing (default: on, the official setting, so that
+    counts and times do not depend on the free memory ``auto`` would look at).
+    """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from adapt.data import build_task
     from adapt.model import GLIPConfig, build_glip
     from adapt.model.config import model_config
+    from adapt.model.fusion import VLFuse
     from adapt.train.job import task_prompt
     from adapt.train.modes import build_policy
     from adapt.train.module import GLIPAdaptation
@@ -181,6 +188,9 @@ def build_module(model_name: str, mode: str, task: str, device: str = "cpu") -> 
     cfg = GLIPConfig.from_dict(model_config(model_name)["arch"])
     model = build_glip(cfg)
     prompt = task_prompt(build_task(OmegaConf.load(CONF / "task" / f"{task}.yaml")), model)
+    for fuse in model.modules():
+        if isinstance(fuse, VLFuse):
+            fuse.checkpoint_policy = fuse.use_checkpoint = use_checkpoint
     mode_cfg = _mode_cfg(mode)
     optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
     module = GLIPAdaptation(model, build_policy(mode_cfg), prompt, optimizer=optimizer, evaluator=_no_metrics)
