@@ -175,13 +175,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     model, checkpoint = build_model(cfg)
     record.update(checkpoint=checkpoint)
     prompt = task_prompt(task, model)
-    mode = str(cfg.mode.name)
-    trains = bool(cfg.mode.get("train", mode != "zero"))
+    policy = build_policy(cfg.mode)
+    trains = policy.trains
+    record.update(mode_label=policy.title)
     shots = cfg.shots.k
     if trains and shots == 0:
         raise ValueError("shots=0 is zero-shot evaluation: use mode=zero (or choose shots=1,3,5,10,all)")
-
-    policy = build_policy(cfg.mode)
     dm = TaskDataModule(
         task,
         prompt,
@@ -248,7 +247,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             export_dir = export_run(
                 run_dir / "export",
                 model,
-                mode,
+                policy,
                 module.trainable_state_dict(),
                 prompt,
                 model_identity(model, str(cfg.model.name), checkpoint),
