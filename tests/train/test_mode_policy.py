@@ -108,7 +108,7 @@ def test_a_mode_defined_outside_the_package_runs_exports_reloads_and_is_reported
         for box, score, label in zip(coco_xywh(det.boxes).tolist(), det.scores, det.labels, strict=True)
     ]
     run_detections = json.loads((run_dir / TEST_DETECTIONS).read_text())
-    assert len(predicted) == len(run_detections)
+    assert run_detections and len(predicted) == len(run_detections)
     assert evaluate(gt_file, predicted)["ap"] == pytest.approx(ap, abs=1e-6)
 
     report = build_report(tmp_path / "sweep")
