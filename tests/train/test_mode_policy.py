@@ -128,3 +128,22 @@ def test_the_configured_modes_name_their_classes():
     for name, cls in [("zero", "ZeroShot"), ("prompt", "PromptTuning"), ("lora", "LoRA")]:
         assert class_path(build_policy({"name": name})) == f"adapt.train.modes.{cls}"
     assert not build_policy({"name": "zero"}).trains and build_policy({"name": "full"}).trains
+
+
+@pytest.mark.parametrize("mode", ["prompt", "linear", "lora"])
+def test_an_export_without_a_recorded_policy_is_applied_by_its_modes_configured_class(tmp_path, mode):
+    """Exports written before policies were recorded name only their mode; they still apply."""
+    from test_export import CHECKPOINT, make_export
+
+    out = make_export(tmp_path / mode, mode)
+    meta = out / ("adapt_export.json" if mode == "lora" else "adapter_config.json")
+    config = json.loads(meta.read_text())
+    assert config.pop("policy") == class_path(build_policy({"name": mode}))
+    new = Detector.from_export(out, checkpoint=CHECKPOINT)
+    meta.write_text(json.dumps(config))
+    old = Detector.from_export(out, checkpoint=CHECKPOINT)
+    assert type(load_export(out).policy()) is type(build_policy({"name": mode}))
+    assert (old.model.language_backbone is None) == (mode == "prompt")
+    want = {n: p for n, p in new.model.named_parameters()}
+    got = dict(old.model.named_parameters())
+    assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
