@@ -159,12 +159,7 @@ class Detector:
         detector = cls(glip, device=device, batch_size=batch_size)
         detector.load_report = report
         detector.default_classes = list(artifact.class_names)
-        if artifact.mode == "prompt":
-            detector.model.language_backbone = None  # type: ignore[assignment]  # embeddings are stored
-            detector.prompt = artifact
-        else:
-            artifact.apply(detector.model)
-            detector.default_prompt = artifact.encoded_prompt()
+        artifact.policy().attach_export(artifact, detector)  # the mode says how its export applies
         return detector
 
     # ----------------------------------------------------------------------------------------------

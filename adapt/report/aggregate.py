@@ -6,7 +6,7 @@ import os
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.report.jobs import COMPLETE, Job, collect_jobs, task_sort_key
@@ -67,6 +67,10 @@ class ModelReport:
     averages: dict[tuple[str, str], Average]  # (mode, shots as str)
     suite: str  # "ODinW-13" or "mean over N tasks"
     suite_keys: list[str]
+    mode_labels: dict[str, str] = field(default_factory=dict)  # mode -> its policy's report label
+
+    def mode_title(self, mode: str) -> str:
+        return self.mode_labels.get(mode, mode)
 
     def label(self, task: str) -> str:
         return self.labels.get(task, task)
@@ -134,6 +138,16 @@ def _paper_model(jobs: Sequence[Job], forced: str | None, warnings: list[str]) -
     return named[0] if named else None
 
 
+def _mode_label(mode: str, jobs: Sequence[Job]) -> str:
+    """The label the mode's policy gave its runs (results.json), else its configured policy's."""
+    for j in jobs:
+        if j.point.mode == mode and j.results and j.results.get("mode_label"):
+            return str(j.results["mode_label"])
+    from adapt.train.modes import mode_label
+
+    return mode_label(mode)
+
+
 def model_report(model: str, jobs: Sequence[Job], paper_model: str | None, ddof: int) -> ModelReport:
     """The cells, suite and averages of one model's jobs."""
     labels = {j.point.task: j.dataset for j in jobs if j.dataset}
@@ -154,6 +168,7 @@ def model_report(model: str, jobs: Sequence[Job], paper_model: str | None, ddof:
         averages={},
         suite="ODinW-13" if odinw else f"mean over {len(tasks)} tasks",
         suite_keys=list(ODINW13_KEYS) if odinw else list(tasks),
+        mode_labels={m: _mode_label(m, jobs) for m in modes},
     )
     for mode in mr.modes:
         for s in mr.shots:

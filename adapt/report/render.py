@@ -13,13 +13,6 @@ from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
 from adapt.sweep import ZERO_MODE, Shots, shots_sort_key
 
-MODE_TITLES = {
-    ZERO_MODE: "zero-shot",
-    "prompt": "prompt tuning",
-    "linear": "linear probing",
-    "full": "full-model fine-tuning",
-    "lora": "LoRA",
-}
 _MAX_LISTED = 200
 
 
@@ -151,7 +144,7 @@ def _mode_table(mr: ModelReport, mode: str, report: Report) -> list[str]:
         if mr.paper_model:
             avg_row.append(fmt(report.paper.table_average(mr.paper_model, paper_mode(mode, s), s)))
     rows.append(avg_row)
-    return ["", f"### {MODE_TITLES.get(mode, mode)} (`mode={mode}`)", "", *md_table(header, rows)]
+    return ["", f"### {mr.mode_title(mode)} (`mode={mode}`)", "", *md_table(header, rows)]
 
 
 def _model_section(

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from adapt.sweep import normalize_shots
+from adapt.train.modes import policy_class
 
 RECIPE_KEYS = ("epochs", "copies", "step_patience", "stop_patience")
 
@@ -28,7 +29,10 @@ def check_config(cfg: DictConfig) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     mode = str(OmegaConf.select(cfg, "mode.name", default=""))
-    trains = bool(OmegaConf.select(cfg, "mode.train", default=mode != "zero"))
+    try:
+        trains = policy_class(cfg.mode).trains if cfg.get("mode") is not None else False
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if trains and shots == 0:
         raise ConfigError(
             f"shots=0 is zero-shot evaluation, which trains nothing: use mode=zero, or shots=1, 3, 5, 10 "

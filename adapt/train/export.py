@@ -21,6 +21,11 @@ per mode:
 Files are byte-reproducible (sorted JSON keys, one fixed safetensors metadata entry), so identical
 weights give identical hashes; each file is written to a temporary name and renamed into place,
 tensors first (a config on disk always has its tensors).
+
+What a mode exports and how it is applied is its policy's (``ModePolicy.export_tensors`` and
+``apply_export``, adapt.train.modes); the metadata records the policy class (``policy``) so an
+export of a mode defined outside adapt loads too. Exports without it are applied by the policy of
+``conf/mode/<mode>.yaml``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,6 +46,9 @@ from torch import Tensor
 from adapt.atomic import atomic_path, write_text
 from adapt.model import GLIP, GLIPConfig, TextFeatures
 from adapt.prompt import EncodedPrompt
+
+if TYPE_CHECKING:
+    from adapt.train.modes import ModePolicy
 
 CONFIG_FILE = "adapter_config.json"
 TENSORS_FILE = "adapter_model.safetensors"
@@ -111,6 +119,18 @@ class Export:
     @property
     def mode(self) -> str:
         return str(self.config["mode"])
+
+    def policy(self) -> ModePolicy:
+        """The policy that applies this export: the recorded class, else the mode's configured one."""
+        from adapt.train.modes import build_policy
+
+        mode_cfg: dict[str, Any] = {"name": self.mode}
+        if self.config.get("policy"):
+            mode_cfg["policy"] = {"_target_": self.config["policy"]}
+        try:
+            return build_policy(mode_cfg)
+        except ValueError as exc:
+            raise ExportError(f"{self.metadata_file}: {exc}") from exc
 
     @property
     def version(self) -> int:
@@ -238,7 +258,7 @@ class Export:
 
         The offset is already inside, so the model must not add its own ``prompt_offset`` again.
         """
-        if self.mode != "prompt":
+        if "prompt.hidden" not in self.tensors:
             raise ExportError(f"a {self.mode} artifact holds no prompt embeddings")
         hidden = self.tensors["prompt.hidden"].to(device)
         embedded = self.tensors["prompt.embedded"].to(device)
@@ -257,7 +277,7 @@ class Export:
                 f"{self.metadata_file}: trained on {self.base_name} (arch {want}); "
                 f"this model's architecture digest is {config_digest(model.cfg)}"
             )
-        if self.mode == "prompt":
+        if "prompt.hidden" in self.tensors:
             lang = model.cfg.language
             want_shape = [1, lang.max_query_len, lang.hidden_size]
             for name in ("prompt.hidden", "prompt.embedded"):
@@ -268,37 +288,11 @@ class Export:
                     )
 
     def apply(self, model: GLIP) -> GLIP:
-        """Load the trained tensors onto ``model`` (injecting the LoRA adapters first)."""
+        """Load the trained tensors onto ``model`` the way the export's mode does (LoRA: adapters first)."""
         self.check_model(model)
-        if self.mode == "lora" and self.peft_config is not None:
-            return self._apply_peft(model)
-        if self.mode == "prompt":
-            model.enable_prompt_tuning()
-            tensors = {"prompt_offset": self.tensors["prompt_offset"]}
-        else:
-            if self.mode == "lora":  # format 1: adapt names and adapt's LoRA settings
-                from adapt.train.modes import inject_lora
+        return self.policy().apply_export(self, model)
 
-                inject_lora(model, self.config["lora"])
-            tensors = {k: v for k, v in self.tensors.items() if not k.startswith("prompt.")}
-        params = dict(model.named_parameters())
-        unknown = sorted(set(tensors) - set(params))
-        if unknown:
-            raise ExportError(
-                f"{self.folder / TENSORS_FILE}: tensors {unknown[:5]} are not parameters of the model"
-            )
-        for name, value in tensors.items():
-            if value.shape != params[name].shape:
-                raise ExportError(
-                    f"{self.folder / TENSORS_FILE}: tensor {name!r} has shape {list(value.shape)}, "
-                    f"the model's parameter has {list(params[name].shape)}"
-                )
-        with torch.no_grad():
-            for name, value in tensors.items():
-                params[name].copy_(value.to(params[name].device, params[name].dtype))
-        return model
-
-    def _apply_peft(self, model: GLIP) -> GLIP:
+    def apply_peft(self, model: GLIP) -> GLIP:
         """peft's own loader: inject the recorded LoraConfig, then set the adapter state dict."""
         from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
@@ -317,6 +311,25 @@ class Export:
                 f"(unexpected {list(result.unexpected_keys)[:3]}, missing {missing[:3]})"
             )
         return model
+
+
+def load_named_tensors(export: Export, model: GLIP, tensors: Mapping[str, Tensor]) -> GLIP:
+    """Copy ``tensors`` (adapt parameter names) into ``model``; each mismatch names the file."""
+    params = dict(model.named_parameters())
+    where = export.folder / TENSORS_FILE
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ExportError(f"{where}: tensors {unknown[:5]} are not parameters of the model")
+    for name, value in tensors.items():
+        if value.shape != params[name].shape:
+            raise ExportError(
+                f"{where}: tensor {name!r} has shape {list(value.shape)}, "
+                f"the model's parameter has {list(params[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    return model
 
 
 def _save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> dict[str, list[int]]:
@@ -390,44 +403,28 @@ def peft_files(model: GLIP, trainable: Mapping[str, Tensor]) -> tuple[dict[str, 
 def export_run(
     out_dir: str | os.PathLike[str],
     model: GLIP,
-    mode: str,
+    mode: str | ModePolicy,
     trainable: Mapping[str, Tensor],
     prompt: EncodedPrompt,
     base_model: Mapping[str, Any],
     task: str | None = None,
 ) -> Path:
-    """Export a trained run (see the module docstring for what each mode writes).
+    """Export a trained run: the tensors ``mode``'s policy exports (a mode name: its configured policy).
 
     ``model.cfg`` must be the configuration the run tested with: its ``input`` and ``inference``
     sections are what reproduces the run's detections.
     """
+    from adapt.train.modes import ModePolicy, build_policy, class_path
+
+    policy = mode if isinstance(mode, ModePolicy) else build_policy({"name": mode})
     extra: dict[str, Any] = {
         "task": task,
+        "policy": class_path(policy),
         "arch": model.cfg.to_dict(),
         **prompt_fields(prompt, model.cfg.language.tokenizer),
     }
-    tensors = dict(trainable)
-    peft_config = None
-    if mode == "prompt":
-        bert = model.language_backbone
-        was_training = bert.training
-        bert.eval()
-        device = next(model.parameters()).device
-        text = model.encode_text(prompt.input_ids[None].to(device), prompt.attention_mask[None].to(device))
-        bert.train(was_training)
-        offset = trainable["prompt_offset"]
-        text = text.with_offset(offset.to(text.hidden.device))
-        assert text.embedded is not None
-        tensors = {
-            "prompt.hidden": text.hidden,
-            "prompt.embedded": text.embedded,
-            "prompt.attention_mask": prompt.attention_mask[None],
-            "prompt.input_ids": prompt.input_ids[None],
-            "prompt_offset": offset,
-        }
-    elif mode == "lora":
-        peft_config, tensors = peft_files(model, trainable)
-    return save_export(out_dir, mode, tensors, base_model, extra, peft_config)
+    tensors, peft_config = policy.export_tensors(model, trainable, prompt)
+    return save_export(out_dir, policy.name, tensors, base_model, extra, peft_config)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -229,10 +229,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     model, checkpoint = build_model(cfg)
     record.update(checkpoint=checkpoint)
     prompt = task_prompt(task, model)
-    mode = str(cfg.mode.name)
-    trains = bool(cfg.mode.get("train", mode != "zero"))
-
     policy = build_policy(cfg.mode)
+    trains = policy.trains
+    record.update(mode_label=policy.title)
     # conf/data is a partial: the task, its prompt and the model's input sizes are built above.
     dm = instantiate(cfg.data)(task, prompt, model.cfg.input)
 
@@ -309,7 +308,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             export_dir = export_run(
                 run_dir / "export",
                 model,
-                mode,
+                policy,
                 module.trainable_state_dict(),
                 prompt,
                 model_identity(model, str(cfg.model.name), checkpoint),

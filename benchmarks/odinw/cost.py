@@ -37,7 +37,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from adapt.atomic import write_json
-from adapt.sweep import ZERO_MODE
+from adapt.sweep import ZERO_MODE, mode_sort_key
+from adapt.train.modes import mode_names, policy_class
 from adapt.train.results import machine_info
 from benchmarks.odinw.estimate import estimates_for, read_sweep, t_job_from_sweep
 from benchmarks.odinw.measure import (
@@ -59,8 +60,12 @@ from benchmarks.odinw.protocol import (
 )
 from benchmarks.odinw.render import render_markdown
 
+# The paper's three training modes are measured by default; any configured mode whose policy
+# trains can be named (conf/mode/, so a new mode needs no edit here).
 TRAIN_MODES = ("prompt", "linear", "full")
-MEASURABLE_MODES = (*TRAIN_MODES, "lora")
+MEASURABLE_MODES = tuple(
+    sorted((m for m in mode_names() if policy_class({"name": m}).trains), key=mode_sort_key)
+)
 # Example peak for --peak-tflops: NVIDIA's datasheet figure for H100 SXM, dense FP16/BF16 tensor
 # cores (no sparsity). A datasheet number, not a measurement.
 H100_SXM_DENSE_TFLOPS = 989.0

@@ -52,8 +52,8 @@ def _setup(mode: str = "prompt") -> tuple[GLIPAdaptation, TaskDataModule]:
         task,
         prompt,
         model.cfg.input,
-        shots=cfg.shots.k,
-        copies=int(cfg.shots.copies),
+        shots=cfg.shots,
+        copies=int(cfg.recipe.copies),
         seed=int(cfg.seed),
         batch_size=WORLD,  # global: one image per rank
         eval_batch_size=WORLD,
