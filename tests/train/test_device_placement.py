@@ -65,7 +65,7 @@ def demo() -> dict[str, Any]:
 
 
 def _module_and_batches(demo: dict[str, Any], mode: str) -> tuple[GLIPAdaptation, Any, Any]:
-    cfg = compose_job(f"mode={mode}", "shots='1'")
+    cfg = compose_job(f"mode={mode}", "shots=1")
     model, _ = build_model(cfg)
     prompt = task_prompt(demo["task"], model)
     dm = TaskDataModule(

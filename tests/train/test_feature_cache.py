@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from PIL import Image
@@ -14,15 +16,12 @@ from adapt.train.datamodule import GLIPCollate
 from adapt.train.feature_cache import FeatureCache, view_keys
 from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation
+from adapt.train.optim import adamw
 
 CLASSES = ["tree", "car"]
-OPTIMIZER = {
-    "lr": 0.01,
-    "weight_decay": 0.05,
-    "bias_lr_factor": 2.0,
-    "bias_weight_decay": 0.0,
-    "lang_lr": None,
-}
+OPTIMIZER = partial(
+    adamw, lr=0.01, weight_decay=0.05, bias_lr_factor=2.0, bias_weight_decay=0.0, lang_lr=None
+)
 
 
 def _views(seed: int = 0) -> list[tuple[torch.Tensor, dict]]:
@@ -52,10 +51,14 @@ def _batches(module: GLIPAdaptation) -> list[dict]:
     return [collate([views[i], views[j]]) for i, j in ((0, 6), (3, 5))]
 
 
-def _module(mode: str, cache_mb: float, **mode_cfg: object) -> GLIPAdaptation:
+def _module(mode: str, cache_mb: float, cache_tower: bool = False, **mode_cfg: object) -> GLIPAdaptation:
     model = mini_model()
     prompt = encode_prompt(CLASSES, load_tokenizer())
-    policy = build_policy({"name": mode, **mode_cfg})
+    # linear_cached is LinearProbe(cache_tower=True), selected by its YAML's policy node.
+    mode_cfg = {"name": mode, **mode_cfg}
+    if cache_tower:
+        mode_cfg["policy"] = {"_target_": "adapt.train.modes.LinearProbe", "cache_tower": True}
+    policy = build_policy(mode_cfg)
     module = GLIPAdaptation(model, policy, prompt, optimizer=OPTIMIZER, feature_cache_mb=cache_mb)
     module.train()
     return module
@@ -129,7 +132,7 @@ def test_linear_cached_equals_the_uncached_eval_mode_tower_and_skips_the_tower()
 
 
 def test_prompt_tuning_does_not_cache_the_tower():
-    module = _module("prompt", 64, cache_tower=True)  # cache_tower means nothing outside linear
+    module = _module("prompt", 64)  # only a linear probe's policy can cache the tower
     batch = _batches(module)[0]
     assert not module.tower_cacheable(batch)
 

@@ -47,7 +47,14 @@ def _write_mode(conf: Path, name: str, target: str) -> None:
     mode = {
         "name": name,
         "policy": {"_target_": target, "skip": ["cls_logits"]},
-        "optimizer": {"lr": 0.05, "weight_decay": 0.0, "bias_lr_factor": 1.0, "bias_weight_decay": 0.0},
+        "optimizer": {
+            "_target_": "adapt.train.optim.adamw",
+            "_partial_": True,
+            "lr": 0.05,
+            "weight_decay": 0.0,
+            "bias_lr_factor": 1.0,
+            "bias_weight_decay": 0.0,
+        },
     }
     (conf / "mode" / f"{name}.yaml").write_text(yaml.safe_dump(mode))
 
@@ -63,9 +70,7 @@ def _head_biases(model: GLIP) -> list[str]:
 def test_a_mode_defined_outside_the_package_runs_exports_reloads_and_is_reported(tmp_path):
     conf = tmp_path / "conf"
     _write_mode(conf, "headbias", TARGET)
-    cfg = compose_job(
-        f"hydra.searchpath=[file://{conf}]", "mode=headbias", "shots='1'", "trainer.max_steps=2"
-    )
+    cfg = compose_job(f"hydra.searchpath=[file://{conf}]", "mode=headbias", "shots=1", "trainer.max_steps=2")
     policy = build_policy(cfg.mode)
     assert type(policy) is HeadBiasTuning and policy.skip == ["cls_logits"]
 
