@@ -140,7 +140,7 @@ def test_resume_from_a_truncated_last_ckpt_stops_before_training(tmp_path):
     with pytest.raises(CheckpointError, match=r"last\.ckpt is truncated or corrupt"):
         run_job(compose_job("shots=1", "resume=true"), run_dir=tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "failed" and results["val_history"] == []
+    assert results["status"] == "failed" and not results.get("val_history")  # nothing trained
 
 
 def test_an_intact_last_ckpt_passes(tmp_path):
