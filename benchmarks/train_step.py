@@ -1,197 +1,133 @@
 """Prompt tuning against full fine-tuning: FLOPs, peak memory and time of one training step.
 
-    python benchmarks/train_step.py          # glip_t: counts at batch 4 x 800, time at batch 1 x 480
-    python benchmarks/train_step.py --skip-timing --json step.json
-    python benchmarks/train_step.py --model glip_mini --batch 1 --scale 320 --time-scale 320 --reps 1
+    python benchmarks/train_step.py                       # glip_t, batch 1, short side 320, CPU
+    python benchmarks/train_step.py --batch 4 --short-side 800 --device cuda --json step.json
+    python benchmarks/train_step.py --model glip_mini --short-side 96 --reps 1   # smoke
 
-What it compares (``use_checkpoint`` pinned per configuration; ``feature_cache`` hit or not):
+Configurations (``use_checkpoint`` pinned per configuration; feature cache hit or not):
 
-* ``prompt ckpt``: prompt tuning as before (the official fusion checkpointing: recomputed in backward);
-* ``prompt``: checkpointing off (``use_checkpoint: auto`` where the fusion fits in memory);
-* ``prompt cached``: off, and the backbone's output taken from the feature cache (every step after a
-  view's first visit);
-* ``full ckpt`` / ``full``: full fine-tuning with / without checkpointing;
-* ``linear`` and ``linear_cached`` (tower in eval mode, its output cached: the step is the
-  prediction layers and the loss).
+* ``prompt ckpt``: prompt tuning with the official fusion checkpointing (recomputed in backward);
+* ``prompt``: checkpointing off (what ``use_checkpoint: auto`` picks where the fusion fits);
+* ``prompt cached``: off, and Swin + FPN taken from the feature cache (every visit of a training
+  view after its first);
+* ``full ckpt`` (official) / ``full``: full fine-tuning with / without checkpointing;
+* ``linear`` (official probe) and ``linear cached`` (``mode=linear_cached``, a cache hit: the step is
+  the prediction layers, the loss and AdamW).
 
-Counts (no arithmetic, shapes only: the model is on meta tensors, the loss runs for real on CPU
-stand-ins, as in ``benchmarks/odinw/cost.py``, whose helpers this reuses):
+Everything runs the job's own code on real tensors on ``--device``: ``GLIPAdaptation`` built by
+``benchmarks.odinw.measure.build_module`` (seeded random weights, the mode's policy and AdamW),
+adapt's training transform and collate on a synthetic image of 800 x 1333. A step is what the
+job's Trainer runs: ``on_train_batch_start``, ``training_step``, backward, gradient clipping at 1.0,
+AdamW step. A cached configuration first takes one warm-up step (a miss, which fills the cache; the
+others only with ``--warmup-all``), then every configuration one counted step (which also creates
+the AdamW state), then ``--reps`` timed steps, the configurations alternating within each
+repetition.
 
-* FLOPs: ``torch.utils.flop_counter`` through ``cost.count_flops`` (deform_conv2d added), forward,
-  loss and backward. A cached configuration's count is the step's on precomputed features.
-* Peak memory: the largest sum of live tensor storages during the step (forward, loss, backward and
-  the AdamW step, whose state is created at the first step), counted by a dispatch mode that sees
-  every tensor an op creates and when its storage is freed. Parameters and buffers count from the
-  start; the batch's cached features count as live (they are in the cache); the cache's other
-  entries do not (its budget is ``feature_cache_mb``). This is what a caching-free allocator would
-  peak at: device-independent, but no fragmentation, workspace or framework overhead.
-
-Time (real steps on ``--device``): ``GLIPAdaptation.training_step``, backward, gradient clipping
-at 1.0, AdamW step, as the job's Trainer runs them; the configurations alternate within each
-repetition (prompt/full interleaved, then linear/linear_cached), medians and their ratios.
+* FLOPs: ``adapt.flops.count_flops`` on the counted step (forward, loss, backward; AdamW is
+  element-wise and not counted).
+* Peak memory, device-independent (a model of the peak, public mechanisms only): parameters and
+  buffers + gradients of the trainable set + the AdamW state (``optimizer.state``) + the cached
+  features the step reads + the batch + what autograd saves for backward, the distinct storages
+  seen by ``torch.autograd.graph.saved_tensors_hooks`` during the forward (parameters and buffers
+  excluded: already counted). Checkpointed fusion layers hide their recomputation from these hooks
+  (``torch.utils.checkpoint`` installs its own), so a ``ckpt`` configuration adds one fusion layer's
+  saved tensors, i.e. (saved without checkpointing - saved with) / number of fusion layers: in
+  backward, one checkpointed layer is recomputed at a time. No allocator caching, fragmentation or
+  workspaces. On CUDA, ``torch.cuda.max_memory_allocated`` over the counted step is reported too.
+* Time: medians of the interleaved repetitions and their ratios; the machine line
+  (``adapt.train.results.machine_info``) and the load average are printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
+import json
+import os
 import statistics
 import sys
 import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from adapt.atomic import write_json
+from adapt.flops import count_flops
 from adapt.train.results import machine_info
-
-HERE = Path(__file__).resolve().parent
-
-
-def _load_cost() -> Any:
-    spec = importlib.util.spec_from_file_location("odinw_cost", HERE / "odinw" / "cost.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["odinw_cost"] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.odinw.measure import SyntheticImages, build_module, quiet_lightning
 
 
-cost = _load_cost()
+@dataclass(frozen=True)
+class Config:
+    name: str
+    mode: str  # conf/mode yaml
+    checkpoint: bool
+    cached: bool  # a feature cache hit (backbone, or the tower for linear_cached)
 
-# (name, mode, use_checkpoint, cached: None | "backbone" | "tower", mode yaml)
+
 CONFIGS = (
-    ("prompt ckpt", "prompt", True, None, "prompt"),
-    ("prompt", "prompt", False, None, "prompt"),
-    ("prompt cached", "prompt", False, "backbone", "prompt"),
-    ("full ckpt", "full", True, None, "full"),
-    ("full", "full", False, None, "full"),
-    ("linear", "linear", False, None, "linear"),
-    ("linear cached", "linear", False, "tower", "linear_cached"),
+    Config("prompt ckpt", "prompt", True, False),
+    Config("prompt", "prompt", False, False),
+    Config("prompt cached", "prompt", False, True),
+    Config("full ckpt", "full", True, False),
+    Config("full", "full", False, False),
+    Config("linear", "linear", False, False),
+    Config("linear cached", "linear_cached", False, True),
 )
-TIMED = {
-    "prompt": ("prompt ckpt", "prompt", "prompt cached", "full ckpt"),
-    "linear": ("linear", "linear cached"),
-}
+# Timed together (interleaved); the groups run one after the other, so that only two models are
+# in memory at a time. Ratios of time are taken within a group.
+GROUPS = (("prompt ckpt", "prompt", "prompt cached", "full ckpt", "full"), ("linear", "linear cached"))
+REFERENCE = "full ckpt"  # the official full fine-tuning step
+CACHE_BYTES = 2**40  # no eviction within the benchmark
 
 
-class LiveBytes(TorchDispatchMode):
-    """Bytes of live tensor storages and their peak: each op's outputs count until their storage is freed."""
+def _set_checkpointing(module: Any, on: bool) -> int:
+    """Pin every fusion layer's ``use_checkpoint``; returns the number of fusion layers."""
+    from adapt.model.fusion import VLFuse
 
-    def __init__(self, existing: Sequence[torch.Tensor] = ()) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: set[int] = set()
-        for t in existing:
-            self._track(t)
-
-    def _track(self, t: Any) -> None:
-        if not isinstance(t, torch.Tensor):
-            return
-        storage = t.untyped_storage()
-        key = id(storage)
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        n = storage.nbytes()
-        self.live += n
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key, n)
-
-    def _free(self, key: int, n: int) -> None:
-        self._seen.discard(key)
-        self.live -= n
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            self._track(t)
-        return out
+    fuses = [m for m in module.model.modules() if isinstance(m, VLFuse)]
+    for fuse in fuses:
+        fuse.checkpoint_policy = fuse.use_checkpoint = on
+    return len(fuses)
 
 
-def _module(model: str, mode_yaml: str, checkpoint: bool, task: str, device: str, cache_mb: float) -> Any:
-    """cost.build_module with the mode yaml's policy (linear_cached) and a feature cache."""
+def _module(model: str, mode: str, task: str, device: str, checkpoint: bool) -> Any:
+    """``build_module``; ``linear_cached`` (a Hydra ``defaults:`` on linear) is linear + ``cache_tower``."""
+    import yaml
+
     from adapt.train.modes import build_policy
+    from benchmarks.odinw.protocol import CONF
 
-    module = cost.build_module(
-        model, "linear" if mode_yaml == "linear_cached" else mode_yaml, task, device, checkpoint
-    )
-    mode_cfg = cost._mode_cfg("linear") if mode_yaml == "linear_cached" else cost._mode_cfg(mode_yaml)
-    if mode_yaml == "linear_cached":
-        mode_cfg = {**mode_cfg, "cache_tower": True}
-    policy = build_policy(mode_cfg)
-    module.policy = policy
-    module.trainable = policy.apply(module.model)
-    module.feature_cache.max_bytes = int(cache_mb * 2**20)
+    if mode != "linear_cached":
+        return build_module(model, mode, task, device, checkpoint)
+    module = build_module(model, "linear", task, device, checkpoint)
+    linear = yaml.safe_load((CONF / "mode" / "linear.yaml").read_text(encoding="utf-8"))
+    cached = yaml.safe_load((CONF / "mode" / "linear_cached.yaml").read_text(encoding="utf-8"))
+    cached.pop("defaults", None)
+    module.policy = build_policy({**linear, **cached})
+    module.trainable = module.policy.apply(module.model)
     return module
 
 
-def _batch(module: Any, batch: int, scale: int, hw: tuple[int, int]) -> dict[str, Any]:
+def _batch(module: Any, batch: int, short_side: int, hw: tuple[int, int], device: str) -> dict[str, Any]:
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from adapt.data import transforms_from_config
     from adapt.train.datamodule import GLIPCollate
 
-    setup = cost.Setup(batch=batch, train_scales=(scale,), recipe_scales=(scale,), image_hw=hw)
-    transform = cost._transform(setup, scale)
-    data = cost.SyntheticImages(batch, hw, len(module.prompt.class_names), lambda i: transform)
-    return GLIPCollate(module.prompt, module.model.cfg.input)([data[i] for i in range(batch)])
-
-
-def count_step(
-    model: str, name: str, batch: int, scale: int, hw: tuple[int, int], task: str, what: str
-) -> dict[str, Any]:
-    """FLOPs (``what="flops"``) or peak live bytes of one meta training step of configuration ``name``."""
-    _, _, checkpoint, cached, mode_yaml = next(c for c in CONFIGS if c[0] == name)
-    module = _module(model, mode_yaml, checkpoint, task, "meta", 0)
-    data = _batch(module, batch, scale, hw)
-    module.train()
-    net = module.model
-    with cost._meta_compat():
-        module.text_features(1)
-    images = data["images"].to("meta")
-    optimizer = module.configure_optimizers()
-    with cost._meta_compat():
-        text = module.text_features(batch, data)
-        extra: dict[str, Any] = {}
-        with torch.no_grad():
-            if cached == "backbone":
-                extra["features"] = net.backbone(images)
-            elif cached == "tower":
-                extra["fused"] = net.head.tower(net.backbone(images), text)
-    original = net.loss
-    net.loss = cost.LossOnCPU(original, net.anchor_generator, module.prompt.attention_mask)
-    held = [*net.parameters(), *net.buffers(), images, *tree_flatten(extra)[0]]
-    held += [t for t in vars(text).values() if isinstance(t, torch.Tensor)]
-
-    def step() -> None:
-        losses = net(images, data["image_sizes"], text=text, targets=data["targets"], **extra)
-        losses["total"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    # One quantity per call (see main): FlopCounterMode's module tracking keeps module outputs
-    # alive, which would inflate a memory count taken in the same pass.
-    try:
-        if what == "flops":
-            with cost._meta_compat():
-                counted = cost.count_flops(step)
-            return {"flops": counted.total, "uncounted_ops": counted.uncounted}
-        live = LiveBytes(held)
-        with cost._meta_compat(), live:
-            step()
-        return {"peak_bytes": live.peak, "start_bytes": _start(held)}
-    finally:
-        net.loss = original
-
-
-def _start(held: Sequence[torch.Tensor]) -> int:
-    """Bytes of the distinct storages held before the step."""
-    return sum({id(t.untyped_storage()): t.untyped_storage().nbytes() for t in held}.values())
+    # No flip: the same view at every visit, whatever the RNG (the cache keys on it).
+    transform = transforms_from_config(
+        {"min_size_train": [short_side], "max_size_train": 1333, "flip_prob": 0.0}, True
+    )
+    data = SyntheticImages(batch, hw, len(module.prompt.class_names), lambda i: transform)
+    collated = GLIPCollate(module.prompt, module.model.cfg.input)([data[i] for i in range(batch)])
+    return move_data_to_device(collated, torch.device(device))
 
 
 def _sync(device: str) -> None:
@@ -199,165 +135,274 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed_step(module: Any, optimizer: Any, batch: dict[str, Any], device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    module.on_train_batch_start(batch, 0)
-    loss = module.training_step(batch, 0)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in module.model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    return time.perf_counter() - start
+def _nbytes(tensors: Any) -> int:
+    """Bytes of the distinct storages among ``tensors``."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
 
 
-def time_group(
-    model: str,
-    names: Sequence[str],
-    batch: int,
-    scale: int,
-    hw: tuple[int, int],
-    task: str,
-    device: str,
-    reps: int,
-) -> dict[str, Any]:
-    """Interleaved real steps of ``names``: one warm-up each (fills the caches), then ``reps`` rounds."""
-    modules: dict[tuple[str, bool], Any] = {}
-    runs: dict[str, Callable[[], float]] = {}
+class Runner:
+    """One configuration's module, batch and optimiser, and its step (as the job's Trainer runs it)."""
+
+    def __init__(self, config: Config, module: Any, batch: dict[str, Any], device: str) -> None:
+        self.config, self.module, self.batch, self.device = config, module, batch, device
+        if not hasattr(module, "_bench_optimizer"):
+            module._bench_optimizer = module.configure_optimizers()
+        self.optimizer = module._bench_optimizer
+
+    def _prepare(self) -> None:
+        self.layers = _set_checkpointing(self.module, self.config.checkpoint)
+        self.module.feature_cache.max_bytes = CACHE_BYTES if self.config.cached else 0
+
+    def _forward_backward(self) -> None:
+        self.module.on_train_batch_start(self.batch, 0)
+        loss = self.module.training_step(self.batch, 0)
+        if loss is None:
+            raise RuntimeError("the synthetic batch was skipped (no boxes): cannot time a step")
+        loss.backward()
+
+    def _update(self) -> None:
+        params = [p for p in self.module.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> float:
+        """Seconds of one full step."""
+        self._prepare()
+        _sync(self.device)
+        start = time.perf_counter()
+        self._forward_backward()
+        self._update()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def count(self) -> dict[str, Any]:
+        """FLOPs and the memory model of one step (see the module docstring)."""
+        self._prepare()
+        model = self.module.model
+        static = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.device.type != "meta":
+                s = t.untyped_storage()
+                if s.data_ptr() not in static:
+                    saved[s.data_ptr()] = s.nbytes()
+            return t
+
+        def forward_backward() -> None:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                self.module.on_train_batch_start(self.batch, 0)
+                loss = self.module.training_step(self.batch, 0)
+            assert loss is not None
+            loss.backward()
+
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        flops = count_flops(forward_backward)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        grads = _nbytes(p.grad for p in trainable if p.grad is not None)
+        self._update()
+        _sync(self.device)
+        out: dict[str, Any] = {
+            "flops": flops.total,
+            "trainable_params": sum(p.numel() for p in trainable),
+            "params_buffers_bytes": _nbytes([*model.parameters(), *model.buffers()]),
+            "grad_bytes": grads,
+            "optimizer_state_bytes": _nbytes(
+                v for state in self.optimizer.state.values() for v in state.values()
+            ),
+            "cache_bytes": self.module.feature_cache.bytes if self.config.cached else 0,
+            "batch_bytes": _nbytes([self.batch["images"]]),
+            "saved_bytes": sum(saved.values()),
+            "fusion_layers": self.layers,
+        }
+        if self.device.startswith("cuda"):
+            out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        return out
+
+
+def peak_bytes(counts: dict[str, dict[str, Any]], name: str) -> int:
+    """The memory model's peak of ``name``, with one recomputed layer for a checkpointed one."""
+    c = counts[name]
+    peak = sum(
+        c[k]
+        for k in (
+            "params_buffers_bytes",
+            "grad_bytes",
+            "optimizer_state_bytes",
+            "cache_bytes",
+            "batch_bytes",
+            "saved_bytes",
+        )
+    )
+    config = next(cfg for cfg in CONFIGS if cfg.name == name)
+    if config.checkpoint:
+        twin = counts.get(name.removesuffix(" ckpt"))
+        if twin is None:
+            raise ValueError(f"{name!r} needs {name.removesuffix(' ckpt')!r} for its recomputation")
+        peak += max(0, twin["saved_bytes"] - c["saved_bytes"]) // max(1, c["fusion_layers"])
+    return peak
+
+
+def run_group(names: Sequence[str], args: argparse.Namespace, hw: tuple[int, int]) -> dict[str, Any]:
+    """Warm-up, counted step, then ``args.reps`` interleaved timed steps of the configurations ``names``."""
+    modules: dict[str, Any] = {}
+    runners: dict[str, Runner] = {}
     for name in names:
-        _, mode, checkpoint, cached, mode_yaml = next(c for c in CONFIGS if c[0] == name)
-        key = (mode_yaml, mode == "full")
-        if key not in modules:
-            modules[key] = _module(model, mode_yaml, checkpoint, task, device, 0)
-            modules[key].to(device)
-            modules[key].train()
-            modules[key]._optimizer = modules[key].configure_optimizers()
-        module = modules[key]
-        data = cost._to(_batch(module, batch, scale, hw), device)
-
-        def run(
-            module: Any = module, data: dict = data, checkpoint: bool = checkpoint, cached: Any = cached
-        ) -> float:
-            from adapt.model.fusion import VLFuse
-
-            for fuse in module.model.modules():
-                if isinstance(fuse, VLFuse):
-                    fuse.checkpoint_policy = fuse.use_checkpoint = checkpoint
-            module.feature_cache.max_bytes = 2**40 if cached else 0
-            return _timed_step(module, module._optimizer, data, device)
-
-        runs[name] = run
-    times: dict[str, list[float]] = {name: [] for name in names}
-    warmup = {name: runs[name]() for name in names}
-    for rep in range(reps):
-        for name in names:
-            times[name].append(runs[name]())
-            print(f"[train_step] rep {rep}: {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
-    medians = {name: statistics.median(v) for name, v in times.items()}
-    del modules, runs
+        config = next(c for c in CONFIGS if c.name == name)
+        if config.mode not in modules:
+            print(f"[train_step] building {args.model} for mode {config.mode}", file=sys.stderr, flush=True)
+            torch.manual_seed(0)
+            module = _module(args.model, config.mode, args.task, args.device, config.checkpoint)
+            module.train()
+            modules[config.mode] = module
+        module = modules[config.mode]
+        runners[name] = Runner(
+            config, module, _batch(module, args.batch, args.short_side, hw, args.device), args.device
+        )
+    out: dict[str, Any] = {"warmup_s": {}, "counts": {}, "times_s": {n: [] for n in names}}
+    for name, runner in runners.items():
+        # A cached configuration's warm-up fills the cache; for the others the counted step is the
+        # warm-up (it creates the AdamW state), so that a GLIP-T run fits a CPU session.
+        if runner.config.cached or args.warmup_all:
+            out["warmup_s"][name] = runner.step()
+            _log(f"{name}: warm-up {out['warmup_s'][name]:.2f} s")
+    for name, runner in runners.items():
+        out["counts"][name] = runner.count()
+        _log(f"{name}: {out['counts'][name]['flops'] / 1e9:.1f} GFLOP")
+    for rep in range(args.reps):
+        for name, runner in runners.items():
+            out["times_s"][name].append(runner.step())
+            _log(f"rep {rep}: {name}: {out['times_s'][name][-1]:.2f} s")
+    out["median_s"] = {n: statistics.median(v) for n, v in out["times_s"].items()}
+    out["padded_hw"] = list(next(iter(runners.values())).batch["images"].shape[-2:])
+    out["cache"] = {n: r.module.feature_cache.stats() for n, r in runners.items() if r.config.cached}
+    del runners, modules
     gc.collect()
-    return {"warmup_s": warmup, "times_s": times, "median_s": medians}
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def _log(message: str) -> None:
+    print(f"[train_step] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--model", default="glip_t", help="conf/model name")
-    parser.add_argument("--task", default="odinw/pascalvoc", help="whose prompt the model reads")
-    parser.add_argument("--batch", type=int, default=4, help="batch of the FLOP and memory counts")
-    parser.add_argument("--scale", type=int, default=800, help="training short side of the counts")
-    parser.add_argument("--time-batch", type=int, default=1, help="batch of the timed steps")
-    parser.add_argument("--time-scale", type=int, default=480, help="training short side of the timed steps")
+    parser.add_argument("--model", default="glip_t", help="conf/model name (glip_mini for a smoke run)")
+    parser.add_argument("--task", default="odinw/pascalvoc", help="conf/task whose prompt the model reads")
+    parser.add_argument("--batch", type=int, default=1, help="images per step")
+    parser.add_argument("--short-side", type=int, default=320, help="training short side (long side <= 1333)")
     parser.add_argument("--image-hw", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
-    parser.add_argument("--reps", type=int, default=2, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--reps", type=int, default=2, help="timed repetitions after warm-up and count")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--configs", nargs="+", help="count only these configurations (names as printed)")
-    parser.add_argument("--skip-counts", action="store_true")
-    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], help="a subset")
+    parser.add_argument(
+        "--warmup-all", action="store_true", help="an untimed warm-up step for every configuration"
+    )
     parser.add_argument("--json", help="also write the report as JSON here (atomically)")
-    return parser.parse_args(argv)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
+    args = parser.parse_args(argv)
+    for flag in ("batch", "short_side", "reps"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cost._quiet_lightning()
+    quiet_lightning()
     hw = (args.image_hw[0], args.image_hw[1])
     report: dict[str, Any] = {
         "machine": machine_info(args.device),
+        "load_average": list(os.getloadavg()),
         "settings": {
             **vars(args),
-            "command": " ".join(["python benchmarks/train_step.py", *(argv or sys.argv[1:])]),
+            "command": " ".join(
+                ["python benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)]
+            ),
         },
-        "counts": {},
-        "timing": {},
+        "groups": [],
     }
-    if not args.skip_counts:
-        for name, *_ in CONFIGS:
-            if args.configs and name not in args.configs:
-                continue
-            print(f"[train_step] counting {name}", file=sys.stderr, flush=True)
-            report["counts"][name] = {}
-            for what in ("flops", "memory"):
-                report["counts"][name].update(
-                    count_step(args.model, name, args.batch, args.scale, hw, args.task, what)
-                )
-                gc.collect()
-    if not args.skip_timing:
-        for group, names in TIMED.items():
-            report["timing"][group] = time_group(
-                args.model, names, args.time_batch, args.time_scale, hw, args.task, args.device, args.reps
-            )
+    wanted = set(args.configs or [c.name for c in CONFIGS])
+    # A checkpointed configuration's memory needs its unchecked twin (see peak_bytes).
+    wanted |= {n.removesuffix(" ckpt") for n in wanted if n.endswith(" ckpt")}
+    for group in GROUPS:
+        names = [n for n in group if n in wanted]
+        if names:
+            report["groups"].append(run_group(names, args, hw))
+            _log("group done: " + json.dumps({n: g for n, g in report["groups"][-1]["counts"].items()}))
+            _log("medians: " + json.dumps(report["groups"][-1]["median_s"]))
+    report["load_average_end"] = list(os.getloadavg())
+    counts = {n: c for g in report["groups"] for n, c in g["counts"].items()}
+    report["peak_bytes"] = {n: peak_bytes(counts, n) for n in counts}
     print(render(report), end="")
     if args.json:
         write_json(report, args.json)
     return 0
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return "–" if a is None or not b else f"{a / b:.2f}"
+
+
 def render(report: dict[str, Any]) -> str:
     s = report["settings"]
-    lines = [f"machine: {report['machine']}", ""]
-    counts = report["counts"]
-    if counts:
-        lines += [
-            f"Counts, {s['model']}, batch {s['batch']}, short side {s['scale']} (meta tensors):",
-            "",
-            "| configuration | TFLOP | x full ckpt | x full | peak GiB | x full ckpt | x full |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, c in counts.items():
-            fc, f = counts.get("full ckpt") or {}, counts.get("full") or {}
-            flops, peak = c["flops"], c["peak_bytes"]
+    groups = report["groups"]
+    counts = {n: c for g in groups for n, c in g["counts"].items()}
+    peaks = report["peak_bytes"]
+    padded = groups[0]["padded_hw"] if groups else None
+    load = ", ".join(f"{x:.1f}" for x in report["load_average"])
+    load_end = ", ".join(f"{x:.1f}" for x in report["load_average_end"])
+    lines = [
+        f"machine: {report['machine']}",
+        f"load average (1, 5, 15 min): {load} at the start, {load_end} at the end",
+        f"{s['model']}, batch {s['batch']}, short side {s['short_side']} (padded {padded}), {s['device']}, "
+        f"time: median of {s['reps']} interleaved repetitions",
+        "",
+        f"| configuration | GFLOP / step | x {REFERENCE} | peak GiB (model) | x {REFERENCE} "
+        f"| s / step | x {REFERENCE} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ref_flops = counts.get(REFERENCE, {}).get("flops")
+    ref_peak = peaks.get(REFERENCE)
+    for g in groups:
+        med = g["median_s"]
+        ref_time = med.get(REFERENCE)
+        for name, c in g["counts"].items():
             lines.append(
-                f"| {name} | {flops / 1e12:.2f} | {_fmt(_ratio(flops, fc.get('flops')))} | "
-                f"{_fmt(_ratio(flops, f.get('flops')))} | {peak / 2**30:.2f} | "
-                f"{_fmt(_ratio(peak, fc.get('peak_bytes')))} | {_fmt(_ratio(peak, f.get('peak_bytes')))} |"
+                f"| {name} | {c['flops'] / 1e9:.1f} | {_ratio(c['flops'], ref_flops)} | "
+                f"{peaks[name] / 2**30:.3f} | {_ratio(peaks[name], ref_peak)} | {med[name]:.2f} | "
+                f"{_ratio(med[name], ref_time)} |"
             )
-        lines.append("")
-    for t in report["timing"].values():
-        med = t["median_s"]
-        ref = med.get("full ckpt") or med.get("linear")
-        ref_name = "full ckpt" if "full ckpt" in med else "linear"
-        lines += [
-            f"Time, {s['model']}, batch {s['time_batch']}, short side {s['time_scale']}, {s['device']} "
-            f"(median of {s['reps']}, interleaved):",
-            "",
-            f"| configuration | s / step | x {ref_name} |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {name} | {v:.2f} | {_fmt(_ratio(v, ref))} |" for name, v in med.items()]
-        lines.append("")
+    if any("cuda_max_allocated_bytes" in c for c in counts.values()):
+        lines += ["", "| configuration | CUDA max allocated GiB |", "|---|---|"]
+        lines += [f"| {n} | {c['cuda_max_allocated_bytes'] / 2**30:.3f} |" for n, c in counts.items()]
+    lines += [
+        "",
+        "Memory model parts (MiB): params+buffers / grads / AdamW state / cache / batch / saved for backward",
+    ]
+    for name, c in counts.items():
+        parts = (
+            "params_buffers_bytes",
+            "grad_bytes",
+            "optimizer_state_bytes",
+            "cache_bytes",
+            "batch_bytes",
+            "saved_bytes",
+        )
+        lines.append(f"  {name}: " + " / ".join(f"{c[k] / 2**20:.0f}" for k in parts))
+    lines.append("")
     return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f}"
 
 
 if __name__ == "__main__":
