@@ -38,10 +38,12 @@ def _env() -> dict[str, str]:
 
 
 def _run_cmd(root: Path, *overrides: str) -> list[str]:
+    flags = [o for o in overrides if o.startswith("-")]  # argparse wants -m before the overrides
     return [
         sys.executable,
         "-m",
         "adapt.run",
+        *flags,
         "model=glip_mini",
         "logger=none",
         "data.num_workers=0",
@@ -51,7 +53,7 @@ def _run_cmd(root: Path, *overrides: str) -> list[str]:
         "seed=3",
         f"hydra.searchpath=[file://{root / 'conf'}]",
         *SMALL_INPUT,
-        *overrides,
+        *(o for o in overrides if not o.startswith("-")),
     ]
 
 
