@@ -69,7 +69,8 @@ def _folders(root: Path) -> list[Path]:
 def test_a_multirun_over_two_data_roots_leaves_two_complete_results(tmp_path):
     _e2e_project(tmp_path)
     roots = f"{tmp_path / 'data' / 'a'},{tmp_path / 'data' / 'b'}"
-    proc = _adapt(tmp_path, "-m", "task=e2e/a", f"task.data_root={roots}", f"hydra.sweep.dir={tmp_path / 'mr'}")
+    sweep_dir = f"hydra.sweep.dir={tmp_path / 'mr'}"
+    proc = _adapt(tmp_path, "-m", "task=e2e/a", f"task.data_root={roots}", sweep_dir)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = sorted((tmp_path / "mr").rglob("results.json"))
     assert len(results) == 2, results
@@ -92,7 +93,7 @@ def test_a_multirun_over_two_data_roots_leaves_two_complete_results(tmp_path):
         assert "run summary" in log and "test AP" in log and f"results: {p}" in log
 
 
-def test_no_extra_override_keeps_the_readable_name_and_rerunning_finds_it(tmp_path):
+def test_a_complete_run_is_skipped_and_a_failing_overwrite_keeps_it(tmp_path):
     """Same command, same folder; a complete run is skipped, overwrite=true keeps the old result,
     and a failing overwrite never leaves the complete result destroyed."""
     _e2e_project(tmp_path)
@@ -151,7 +152,11 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_first(tmp_path):
     long_run = ["task=e2e/a", "hydra.run.dir=outputs/busy", "trainer.max_steps=-1", "trainer.max_epochs=200"]
     folder = tmp_path / "outputs" / "busy"
     first = subprocess.Popen(
-        _run_cmd(tmp_path, *long_run), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _run_cmd(tmp_path, *long_run),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 600
@@ -167,7 +172,7 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_first(tmp_path):
             f"adapt: error: {folder} is in use by another run (host {socket.gethostname()}, pid {first.pid}, "
         ) in second.stderr
         assert (folder / "checkpoints" / "last.ckpt").is_file()  # the first run's files untouched
-        assert sweep.read_results(folder)["pid"] == first.pid
+        assert json.loads((folder / rundir.LOCK_FILE).read_text())["pid"] == first.pid
     finally:
         first.terminate()
         first.wait(timeout=120)
@@ -189,7 +194,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, c
 def test_a_lock_held_on_another_host_says_which_file_to_delete(tmp_path):
     lock = tmp_path / rundir.LOCK_FILE
     lock.write_text(json.dumps({"host": "gpu-node-7", "pid": 4242, "started_at": "then"}))
-    with pytest.raises(rundir.RunLockedError, match="gpu-node-7 .pid 4242.*delete .*run.lock"):
-        with rundir.run_lock(tmp_path):
-            pass
+    message = r"on host gpu-node-7 \(pid 4242, .*delete .*run\.lock and run again"
+    with pytest.raises(rundir.RunLockedError, match=message), rundir.run_lock(tmp_path):
+        pass
     assert lock.exists()
