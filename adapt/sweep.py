@@ -312,7 +312,7 @@ def skip_reason(
         run_dir = hydra_output_dir()
     if run_dir is not None and not overwrite_requested(cfg) and completed(run_dir):
         return (
-            f"already complete, the result is in {Path(run_dir) / RESULTS_FILE} "
+            f"already complete: the result is in {Path(run_dir) / RESULTS_FILE} "
             "(overwrite=true runs it again and keeps the old result under previous/)"
         )
     return None

@@ -106,7 +106,7 @@ def test_a_complete_run_is_skipped_and_a_failing_overwrite_keeps_it(tmp_path):
 
     again = _adapt(tmp_path, "task=e2e/a", "hydra.run.dir=outputs/plain")
     assert again.returncode == 0, again.stderr[-4000:]
-    assert f"already complete, the result is in {folder / 'results.json'}" in again.stdout + again.stderr
+    assert f"already complete: the result is in {folder / 'results.json'}" in again.stdout + again.stderr
     assert (folder / "results.json").stat().st_mtime_ns == mtime
 
     # overwrite=true, but the data is now broken: the re-run fails, the complete result survives
