@@ -7,7 +7,9 @@ callbacks, and plain values such as `shots=5` and `seed=30`; every run writes in
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -28,9 +30,11 @@ def _main(cfg: DictConfig) -> float | None:
     from adapt.download import DownloadError, MissingDataError
     from adapt.model.checkpoint import CheckpointError
     from adapt.prompt import PromptTooLongError
+    from adapt.rundir import RunLockedError
     from adapt.train.config import ConfigError
     from adapt.train.export import ExportError
     from adapt.train.job import run_job
+    from adapt.train.summary import to_log_files
 
     try:
         return run_job(cfg)
@@ -42,11 +46,17 @@ def _main(cfg: DictConfig) -> float | None:
         CheckpointError,
         PromptTooLongError,
         ExportError,
+        RunLockedError,
     ) as exc:
         # Bad input or missing files: the message names the file and the fix; a traceback adds nothing.
         # (Inside a sweep the job records the failure in its folder and the sweep goes on instead.)
         print(f"adapt: error: {exc}", file=sys.stderr)
+        to_log_files(f"adapt: error: {exc}", logging.ERROR)
         raise SystemExit(2) from None
+    except Exception:
+        # Hydra prints the traceback to stderr; run.log keeps it too.
+        to_log_files("adapt: the run failed:\n" + traceback.format_exc(), logging.ERROR)
+        raise
 
 
 if __name__ == "__main__":

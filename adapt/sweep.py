@@ -298,21 +298,56 @@ def skip_reason(
 ) -> str | None:
     """Why this job should exit at once, or None to run it.
 
-    Only jobs of a protocol sweep (`+sweep=...`) are ever skipped: a redundant grid point (see
-    `point_skip_reason`), or a run whose folder already has a complete results.json, unless
-    `sweep.rerun_complete=true`. `run_dir` defaults to the Hydra job's output folder.
+    A run whose folder already has a complete results.json is skipped, in a sweep or not, so a
+    re-run never destroys a result; `overwrite=true` (or `sweep.rerun_complete=true`) runs it
+    again, after `archive_previous` moved the old result aside. Jobs of a protocol sweep
+    (`+sweep=...`) are also skipped at redundant grid points (see `point_skip_reason`).
+    `run_dir` defaults to the Hydra job's output folder.
     """
-    if not in_sweep(cfg):
-        return None
-    reason = point_skip_reason(grid_point(cfg), canonical_seed(cfg))
-    if reason is not None:
-        return f"redundant grid point: {reason}"
+    if in_sweep(cfg):
+        reason = point_skip_reason(grid_point(cfg), canonical_seed(cfg))
+        if reason is not None:
+            return f"redundant grid point: {reason}"
     if run_dir is None:
         run_dir = hydra_output_dir()
-    rerun = bool(_select(cfg, "sweep.rerun_complete") or False)
-    if run_dir is not None and not rerun and completed(run_dir):
-        return f"already complete: {Path(run_dir) / RESULTS_FILE}"
+    if run_dir is not None and not overwrite_requested(cfg) and completed(run_dir):
+        return (
+            f"already complete: the result is in {Path(run_dir) / RESULTS_FILE} "
+            "(overwrite=true runs it again and keeps the old result under previous/)"
+        )
     return None
+
+
+def overwrite_requested(cfg: DictConfig | Mapping[str, Any]) -> bool:
+    """`overwrite=true`, or a sweep's `sweep.rerun_complete=true`."""
+    value = _select(cfg, "overwrite")
+    if str(value).strip().lower() in ("true", "1", "yes"):
+        return True
+    return in_sweep(cfg) and bool(_select(cfg, "sweep.rerun_complete") or False)
+
+
+# What a complete run leaves in its folder, moved aside before it runs again.
+PREVIOUS_DIR = "previous"
+RESULT_FILES = (RESULTS_FILE, "export", "test_detections.json", "checkpoints")
+
+
+def archive_previous(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Move a complete run's results.json, export, detections and checkpoints to previous/<time>/.
+
+    Called before an overwrite, so the old result survives even when the new attempt fails; the
+    checkpoints go too, or `resume=auto` would continue the finished run instead of redoing it.
+    """
+    folder = Path(run_dir)
+    if not completed(folder):
+        return None
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = folder / PREVIOUS_DIR / stamp
+    target.mkdir(parents=True)
+    for name in RESULT_FILES:
+        if (folder / name).exists():
+            os.replace(folder / name, target / name)
+    log.warning("overwrite: the previous result of %s is kept in %s", folder, target)
+    return target
 
 
 def hydra_output_dir() -> Path | None:
@@ -338,8 +373,10 @@ def run_job(
     run_dir = Path(run_dir) if run_dir is not None else hydra_output_dir()
     reason = skip_reason(cfg, run_dir)
     if reason is not None:
-        log.info("skipping %s: %s", run_dir, reason)
+        log.warning("skipping %s: %s", run_dir, reason)
         return None
+    if run_dir is not None:
+        archive_previous(run_dir)  # only when overwrite let a complete run through
     if run_dir is not None and in_sweep(cfg):
         record_start(run_dir, cfg)
     try:

@@ -82,6 +82,14 @@ if __name__ == "__main__":
 """
 
 
+def _folder_exclude_keys() -> list[str]:
+    """adapt's own list of the overrides that leave a run's folder name alone (adapt/rundir.py)."""
+    import yaml
+
+    cfg = yaml.safe_load((CONF / "config.yaml").read_text())
+    return cfg["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+
+
 def stub_project(
     root: Path,
     tasks: Mapping[str, str] | None = None,
@@ -110,6 +118,10 @@ def stub_project(
             seed: 3
             hydra:
               searchpath: [file://{CONF}]
+              job:
+                config:
+                  override_dirname:
+                    exclude_keys: {json.dumps(_folder_exclude_keys())}
             """
         )
     )

@@ -554,11 +554,14 @@ def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
         "trainer.enable_progress_bar=false",
     )
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    run_dir = tmp_path / "multirun" / "smoke" / "glip_mini" / "demo" / "prompt" / "shots1_seed3"
+    # shots1_seed3-<hash>: the small inputs and the epochs make this run distinct (adapt/rundir.py)
+    parent = tmp_path / "multirun" / "smoke" / "glip_mini" / "demo" / "prompt"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
+        run_dir = parent / "shots1_seed3"
         while time.monotonic() < deadline and proc.poll() is None:
+            run_dir = next(parent.glob("shots1_seed3-*"), run_dir)
             record = sweep.read_results(run_dir) or {}
             if record.get("val_history") and (run_dir / "checkpoints" / "last.ckpt").is_file():
                 break

@@ -41,6 +41,7 @@ from adapt.download import require_checkpoint, require_dataset, sha256_of
 from adapt.evaluate import detections_to_coco, evaluate
 from adapt.model import GLIP, CheckpointError, GLIPConfig, build_glip, load_checkpoint
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
+from adapt.rundir import RunLockedError, lock_holder, run_lock
 from adapt.train.config import check_config
 from adapt.train.export import export_run, model_identity
 from adapt.train.loggers import build_logger, close_logger
@@ -58,10 +59,27 @@ TEST_DETECTIONS = "test_detections.json"  # the test split's detections, COCO re
 
 
 def run_job(cfg: DictConfig, run_dir: str | os.PathLike[str] | None = None) -> float | None:
-    """Run one job under the sweep rules; returns the test AP (None when skipped or failed in a sweep)."""
+    """Run one job under the sweep rules; returns the test AP (None when skipped or failed in a sweep).
+
+    The run folder is locked for the whole job (adapt.rundir.run_lock): a second process aimed at
+    it stops before it writes anything. Under DDP only rank 0 takes the lock.
+    """
     folder = Path(run_dir) if run_dir is not None else (sweep.hydra_output_dir() or Path(os.getcwd()))
     _route_lightning_logs_through_root()
-    return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
+    if cfg.get("quiet", True):
+        quiet_third_party()
+    # Python warnings go through logging, so run.log keeps them next to the messages around them.
+    logging.captureWarnings(True)
+    if not lock_holder():
+        return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
+    try:
+        with run_lock(folder):
+            return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
+    except RunLockedError as exc:
+        if not sweep.in_sweep(cfg):
+            raise
+        log.error("%s; the sweep goes on", exc)  # that folder's own process records its result
+        return None
 
 
 def _route_lightning_logs_through_root() -> None:
@@ -71,6 +89,42 @@ def _route_lightning_logs_through_root() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+# Third-party lines that say nothing about this run: Lightning's advertising tips, its accelerator
+# inventory, the litlogger/litmodels hints. `quiet=false` shows them again.
+BANNERS = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:", "litlogger", "litmodels")
+
+
+class _DropBanners(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(banner in message for banner in BANNERS)
+
+
+def quiet_third_party() -> None:
+    """Silence banners and tips (wandb's login/sync chatter, Lightning's tips) unless asked for."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropBanners) for f in logger.filters):
+            logger.addFilter(_DropBanners())
+
+
+_warned_untrained: set[str] = set()
+
+
+def warn_untrained_default(cfg: DictConfig) -> None:
+    """Once per process: a real task with `glip_mini` (random weights) gives meaningless AP."""
+    task = str(cfg.task.get("id") or cfg.task.get("name"))
+    if str(cfg.model.get("name")) != "glip_mini" or task == "demo" or task in _warned_untrained:
+        return
+    _warned_untrained.add(task)
+    log.warning(
+        "model=glip_mini is an untrained miniature GLIP (random weights, for tests and the demo): "
+        "its AP on %s means nothing; choose a released model, e.g. model=glip_t",
+        task,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,9 +200,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], l
 def resume_checkpoint(setting: Any, last: Path) -> str | None:
     """The checkpoint to continue from under `resume=false|true|auto`, or None to start afresh.
 
-    `auto` is for sweeps: a job requeued after a SLURM time-out or preemption, or re-run after a
-    crash, continues where it stopped, while a job that never trained starts quietly; `true` is a
-    user's explicit request, so a missing checkpoint is worth a warning.
+    `auto` (the default): a job requeued after a SLURM time-out or preemption, or re-run after a
+    crash or Ctrl-C, continues where it stopped, while a job that never trained starts quietly;
+    `true` is a user's explicit request, so a missing checkpoint is worth a warning; `false`
+    starts over (Lightning then replaces the old last.ckpt).
     """
     value = str(setting).strip().lower() if setting is not None else "false"
     if value not in ("false", "true", "auto"):
@@ -156,6 +211,7 @@ def resume_checkpoint(setting: Any, last: Path) -> str | None:
     if value == "false":
         return None
     if last.is_file():
+        log.info("continuing the interrupted attempt from %s (resume=false starts over)", last)
         return str(last)
     if value == "true":
         log.warning("resume=true but %s does not exist: starting from scratch", last)
@@ -199,8 +255,8 @@ def _record_interruption(record: RunRecord, clock: RunClock, last: Path) -> None
     record.update(resume_from=resume_from, wall_time_s=clock.elapsed_s())
     record.write("interrupted")
     how = (
-        f"run the same command with resume=true to continue from {last} (the last completed "
-        "evaluation period)"
+        f"run the same command again to continue from {last} (the last completed evaluation "
+        "period; resume=false starts over instead)"
         if resume_from
         else "no evaluation period had completed, so running the command again starts it afresh"
     )
@@ -219,6 +275,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     )
     clock = RunClock()
     check_config(cfg)  # before anything is built: a bad value is one sentence, not an hour later
+    warn_untrained_default(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     record = RunRecord(run_dir, cfg)

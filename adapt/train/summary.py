@@ -1,7 +1,14 @@
-"""The end-of-job printout: an AP table and where the results and the export are."""
+"""The end-of-job printout: an AP table and where the results and the export are.
+
+It goes to the console and into the run's ``run.log`` (Hydra's file handler), so the folder keeps
+what the user saw. Paths are printed unwrapped: when stdout is not a terminal rich assumes 80
+columns and would break a long path mid-word, and a path must stay copyable.
+"""
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,11 +21,30 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
 
 
+def to_log_files(text: str, level: int = logging.INFO, name: str = __name__) -> None:
+    """Write ``text`` to the root logger's file handlers only (run.log), not to the console.
+
+    For what the console already shows in its own form (the summary table, an error printed to
+    stderr, a traceback Hydra prints): run.log gets it once, the console not twice.
+    """
+    record = logging.getLogger(name).makeRecord(name, level, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
 def print_summary(
     results: Mapping[str, Any], results_path: Path, export_dir: Path | None, console: Console | None = None
 ) -> None:
-    """Print val/test AP (percent, as in the paper) and the output paths."""
+    """Print val/test AP (percent, as in the paper) and the output paths; the same text to run.log."""
     console = console or Console()
+    _print(results, results_path, export_dir, console)
+    copy = Console(file=io.StringIO(), width=max(console.width, 100), color_system=None)
+    _print(results, results_path, export_dir, copy)
+    to_log_files("run summary\n" + copy.file.getvalue().rstrip())  # type: ignore[attr-defined]
+
+
+def _print(results: Mapping[str, Any], results_path: Path, export_dir: Path | None, console: Console) -> None:
     test = results.get("test") or {}
     keys = ("task", "model", "mode", "shots", "seed")
     title = " | ".join(f"{k}={results.get(k)}" for k in keys)
@@ -40,8 +66,9 @@ def print_summary(
     params = results.get("params") or {}
     console.print(
         f"trainable parameters: {params.get('trainable', 0):,} of {params.get('total', 0):,}; "
-        f"wall time {results.get('wall_time_s')} s; peak memory {results.get('peak_memory_mb')} MiB"
+        f"wall time {results.get('wall_time_s')} s; peak memory {results.get('peak_memory_mb')} MiB",
+        soft_wrap=True,
     )
-    console.print(f"results: {results_path}")
+    console.print(f"results: {results_path}", soft_wrap=True, markup=False, highlight=False)
     if export_dir is not None:
-        console.print(f"export:  {export_dir}")
+        console.print(f"export:  {export_dir}", soft_wrap=True, markup=False, highlight=False)

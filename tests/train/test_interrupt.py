@@ -74,7 +74,8 @@ def test_sigterm_while_workers_run_ends_interrupted_and_resumable(tmp_path):
     assert results["status"] == "interrupted" and results["resume_from"] == str(last)
     assert (
         f'interrupted by SIGTERM: {run_dir / "results.json"} says "interrupted"; run the same command '
-        f"with resume=true to continue from {last} (the last completed evaluation period)"
+        f"again to continue from {last} (the last completed evaluation period; resume=false starts "
+        "over instead)"
     ) in out
 
     # A torn copy of this real checkpoint is refused; the checkpoint itself resumes.
