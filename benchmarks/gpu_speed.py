@@ -29,12 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_speed import CLASSES_CAPTION_TOKENS, HEIGHT, WIDTH
+from model_speed import HEIGHT, WIDTH, model_inputs
 
 from adapt.detector import model_config
 from adapt.flops import count_flops
 from adapt.model import GLIPConfig, build_glip
-from adapt.model.preprocess import batch_images
 from adapt.train.results import machine_info
 
 # Datasheet peaks in TFLOP/s (dense), by a substring of torch.cuda.get_device_name. fp32 is the
@@ -44,23 +43,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def inputs(cfg: GLIPConfig, batch: int, device: str, hw: tuple[int, int]) -> dict[str, Any]:
-    """model_speed.py's inputs: random images of one size and a [CLS] + 18 pieces + [SEP] caption."""
-    g = torch.Generator().manual_seed(0)
-    images, sizes = batch_images([torch.rand(3, *hw, generator=g) for _ in range(batch)], cfg.input)
-    length = cfg.language.max_query_len
-    ids = torch.zeros(batch, length, dtype=torch.long)
-    ids[:, 1 : CLASSES_CAPTION_TOKENS - 1] = torch.randint(
-        1000, 2000, (CLASSES_CAPTION_TOKENS - 2,), generator=g
-    )
-    ids[:, 0], ids[:, CLASSES_CAPTION_TOKENS - 1] = 101, 102
-    mask = (torch.arange(length) < CLASSES_CAPTION_TOKENS).long().expand(batch, -1)
-    return {
-        "images": images.to(device),
-        "image_sizes": sizes,
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "label_to_tokens": {1: [1], 2: [3, 4], 3: [6]},
-    }
+    """model_speed.py's inputs."""
+    return model_inputs(cfg, batch, device, hw)
 
 
 def _sync(device: str) -> None:

@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -31,22 +32,56 @@ HEIGHT, WIDTH = 800, 1333
 CLASSES_CAPTION_TOKENS = 20  # a typical ODinW prompt: [CLS] + ~18 word pieces + [SEP]
 
 
+def model_inputs(
+    cfg: GLIPConfig, batch: int, device: str, hw: tuple[int, int] = (HEIGHT, WIDTH), targets: bool = False
+) -> dict[str, Any]:
+    """The speed benchmarks' one input: seeded random images of one size and a [CLS] + 18 pieces +
+    [SEP] caption padded to 256 (GLIP always runs the full length), plus two boxes per image for a
+    training step when ``targets``."""
+    g = torch.Generator().manual_seed(0)
+    images, sizes = batch_images([torch.rand(3, *hw, generator=g) for _ in range(batch)], cfg.input)
+    length = cfg.language.max_query_len
+    ids = torch.zeros(batch, length, dtype=torch.long)
+    ids[:, 1 : CLASSES_CAPTION_TOKENS - 1] = torch.randint(
+        1000, 2000, (CLASSES_CAPTION_TOKENS - 2,), generator=g
+    )
+    ids[:, 0], ids[:, CLASSES_CAPTION_TOKENS - 1] = 101, 102
+    mask = (torch.arange(length) < CLASSES_CAPTION_TOKENS).long().expand(batch, -1).contiguous()
+    out: dict[str, Any] = {
+        "images": images.to(device),
+        "image_sizes": sizes,
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "label_to_tokens": {1: [1], 2: [3, 4], 3: [6]},
+    }
+    if targets:
+        out["targets"] = [
+            {
+                "boxes": torch.tensor(
+                    [[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h], [0.4 * w, 0.3 * h, 0.9 * w, 0.9 * h]]
+                ).to(device),
+                "labels": torch.tensor([1, 2], device=device),
+            }
+            for h, w in sizes
+        ]
+    return out
+
+
 def measure(model_name: str, batch: int, reps: int, device: str) -> dict:
     """Time ``reps`` forwards (after a warm-up) of one configuration in this process."""
     cfg = GLIPConfig.from_dict(model_config(model_name)["arch"])
     model = build_glip(cfg).to(device).eval()
-    g = torch.Generator().manual_seed(0)
-    images, sizes = batch_images([torch.rand(3, HEIGHT, WIDTH, generator=g) for _ in range(batch)], cfg.input)
-    images = images.to(device)
-    length = cfg.language.max_query_len
-    input_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
-    input_ids[:, 1 : CLASSES_CAPTION_TOKENS - 1] = torch.randint(1000, 2000, (CLASSES_CAPTION_TOKENS - 2,))
-    input_ids[:, 0], input_ids[:, CLASSES_CAPTION_TOKENS - 1] = 101, 102
-    mask = (torch.arange(length, device=device) < CLASSES_CAPTION_TOKENS).long().expand(batch, -1)
-    label_to_tokens = {1: [1], 2: [3, 4], 3: [6]}
+    x = model_inputs(cfg, batch, device)
+    images = x["images"]
 
     def forward() -> None:
-        model(images, sizes, input_ids=input_ids, attention_mask=mask, label_to_tokens=label_to_tokens)
+        model(
+            images,
+            x["image_sizes"],
+            input_ids=x["input_ids"],
+            attention_mask=x["attention_mask"],
+            label_to_tokens=x["label_to_tokens"],
+        )
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 

@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from model_speed import model_inputs
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from adapt.detector import model_config
 from adapt.model import GLIPConfig, build_glip
-from adapt.model.preprocess import batch_images
 from adapt.train.results import machine_info
-
-CAPTION_TOKENS = 20  # a typical ODinW prompt: [CLS] + 18 word pieces + [SEP], padded to 256
 
 
 def regions(model: nn.Module) -> dict[str, nn.Module]:
@@ -69,25 +67,8 @@ def instrument(modules: dict[str, nn.Module]) -> list[Any]:
 
 
 def make_inputs(cfg: GLIPConfig, batch: int, height: int, width: int, device: str) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(0)
-    images, sizes = batch_images([torch.rand(3, height, width, generator=g) for _ in range(batch)], cfg.input)
-    length = cfg.language.max_query_len
-    ids = torch.zeros(batch, length, dtype=torch.long)
-    ids[:, 1 : CAPTION_TOKENS - 1] = torch.randint(1000, 2000, (CAPTION_TOKENS - 2,), generator=g)
-    ids[:, 0], ids[:, CAPTION_TOKENS - 1] = 101, 102
-    mask = (torch.arange(length) < CAPTION_TOKENS).long().expand(batch, -1).contiguous()
-    targets = []
-    for h, w in sizes:
-        boxes = torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h], [0.4 * w, 0.3 * h, 0.9 * w, 0.9 * h]])
-        targets.append({"boxes": boxes.to(device), "labels": torch.tensor([1, 2], device=device)})
-    return {
-        "images": images.to(device),
-        "image_sizes": sizes,
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "label_to_tokens": {1: [1], 2: [3, 4], 3: [6]},
-        "targets": targets,
-    }
+    """model_speed.py's inputs, with two boxes per image for a training step."""
+    return model_inputs(cfg, batch, device, (height, width), targets=True)
 
 
 def build(model_name: str, mode: str | None, device: str) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_helpers import FIXTURE, mini_arch, mini_model
+from train_helpers import FIXTURE, mini_arch, mini_model, oracle_train_batch
 
 from adapt.model import GLIPConfig
 from adapt.model.fusion import VLFuse
@@ -29,20 +29,7 @@ def _oracle_module(mode: str, policy: bool | str) -> tuple[GLIPAdaptation, dict]
         with torch.no_grad():
             model.prompt_offset.copy_(io["prompt_tuning"]["tunable_linear_weight_rows_0_255"])
     module.train()
-    train = io["train"]
-    rows = train["positive_map"].split([len(b) for b in train["target_boxes_xyxy"]])
-    targets = [
-        {"boxes": torch.as_tensor(b, dtype=torch.float32), "positive_map": r}
-        for b, r in zip(train["target_boxes_xyxy"], rows, strict=True)
-    ]
-    tokens = train["intermediates"]["tokenizer_input"]
-    batch = {
-        "images": io["inputs"]["batched_images"],
-        "image_sizes": [tuple(s) for s in io["inputs"]["image_sizes_hw"]],
-        "targets": targets,
-        "input_ids": tokens["input_ids"],
-        "attention_mask": tokens["attention_mask"],
-    }
+    batch = oracle_train_batch(io)
     return module, batch
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from train_helpers import FIXTURE, mini_model
+from train_helpers import FIXTURE, mini_model, oracle_train_batch
 
 from adapt.prompt import encode_prompt, load_tokenizer
 from adapt.train.modes import build_policy
@@ -12,7 +12,7 @@ from adapt.train.module import GLIPAdaptation
 
 def test_training_step_matches_the_official_prompt_tuning_loss_and_gradient():
     io = torch.load(FIXTURE / "mini_io.pt", weights_only=True)
-    train, pt = io["train"], io["prompt_tuning"]
+    pt = io["prompt_tuning"]
     model = mini_model(weights=True)
     prompt = encode_prompt(io["inputs"]["categories"], load_tokenizer())
     module = GLIPAdaptation(model, build_policy({"name": "prompt"}), prompt)
@@ -21,20 +21,7 @@ def test_training_step_matches_the_official_prompt_tuning_loss_and_gradient():
     module.train()  # official prompt-tuning state: everything frozen and in eval mode
 
     # The fixture's training batch gives each image its own caption, so the batch carries its tokens.
-    counts = [len(b) for b in train["target_boxes_xyxy"]]
-    rows = train["positive_map"].split(counts)
-    targets = [
-        {"boxes": torch.as_tensor(b, dtype=torch.float32), "positive_map": r}
-        for b, r in zip(train["target_boxes_xyxy"], rows, strict=True)
-    ]
-    tokens = train["intermediates"]["tokenizer_input"]
-    batch = {
-        "images": io["inputs"]["batched_images"],
-        "image_sizes": [tuple(s) for s in io["inputs"]["image_sizes_hw"]],
-        "targets": targets,
-        "input_ids": tokens["input_ids"],
-        "attention_mask": tokens["attention_mask"],
-    }
+    batch = oracle_train_batch(io)
     loss = module.training_step(batch, 0)
     assert loss is not None
     expected = pt["train_losses"]["total"]

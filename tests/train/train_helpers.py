@@ -43,3 +43,27 @@ def compose_job(*overrides: str):
             config_name="config",
             overrides=["trainer=debug", "logger=none", "data.num_workers=0", *TINY_INPUT, *overrides],
         )
+
+
+def oracle_train_batch(io: dict) -> dict:
+    """The oracle fixture's training batch as the LightningModule takes it.
+
+    Each image has its own caption in the fixture, so the batch carries its own tokens; the
+    targets are the official binarised positive maps, split per image.
+    """
+    import torch
+
+    train = io["train"]
+    rows = train["positive_map"].split([len(b) for b in train["target_boxes_xyxy"]])
+    targets = [
+        {"boxes": torch.as_tensor(b, dtype=torch.float32), "positive_map": r}
+        for b, r in zip(train["target_boxes_xyxy"], rows, strict=True)
+    ]
+    tokens = train["intermediates"]["tokenizer_input"]
+    return {
+        "images": io["inputs"]["batched_images"],
+        "image_sizes": [tuple(s) for s in io["inputs"]["image_sizes_hw"]],
+        "targets": targets,
+        "input_ids": tokens["input_ids"],
+        "attention_mask": tokens["attention_mask"],
+    }
