@@ -31,6 +31,10 @@ that fails later is fetched again by ``python -m adapt.download <model>``.
 
 A training job calls ``require_dataset(cfg.task)`` and ``require_checkpoint(cfg.model)`` first:
 they return the paths or raise MissingDataError saying what is missing and which command fetches it.
+
+One module on purpose (about 600 lines): datasets and checkpoints share the hub call and its error
+messages, the cache layout, the verification ledger and the ``require_*`` advice, so that where a
+file comes from and how it is checked is said in one place.
 """
 
 from __future__ import annotations
@@ -417,7 +421,7 @@ def verify_checkpoint(
     The hash is computed when the ledger has no record of the file or its size/mtime changed, or
     with ``full``; otherwise the recorded one is used, so a run start does not re-read gigabytes.
     """
-    from adapt.model.checkpoint import describe_bad_file
+    from adapt.model.safe_load import describe_bad_file
 
     path = Path(path)
     problem = describe_bad_file(path)

@@ -33,6 +33,7 @@ from transformers.models.swin.modeling_swin import SwinRelativePositionBias
 
 from adapt.model.anchors import AnchorGenerator
 from adapt.model.config import GLIPConfig
+from adapt.model.safe_load import CheckpointError, torch_load_safely
 
 if TYPE_CHECKING:
     from adapt.model.glip import GLIP
@@ -78,10 +79,6 @@ _FPN_BLOCK = re.compile(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.0\.")
 _STAGE_NORM = re.compile(r"^backbone\.body\.hidden_states_norms\.stage(\d+)\.")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the model; the message names the file."""
-
-
 @dataclass
 class LoadReport:
     """What a load did. ``missing``: adapt names left at their init; ``unexpected``: checkpoint keys
@@ -122,143 +119,7 @@ def official_name(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading files
-
-# torch.save's archive is a zip; files from torch < 1.6 start with a pickled magic number instead.
-ZIP_MAGIC = b"PK\x03\x04"
-LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
-# Scalar types whose numpy dtype classes a pickled numpy scalar may name (bool, ints, floats, complex).
-_NUMPY_SCALAR_CODES = "?bhilqpBHILQPefdgFDG"
-
-
-def safe_numpy_globals() -> list[object]:
-    """The numpy globals a release checkpoint may name besides tensors: scalars and their dtypes.
-
-    Training loops save counters and metrics as numpy scalars (``iteration`` as ``numpy.int64``);
-    rebuilding one needs ``multiarray.scalar``, ``numpy.dtype`` and the dtype's class, which only
-    decode bytes into a number. numpy 2 renamed ``numpy.core`` to ``numpy._core``; files written
-    by numpy 1 still say ``numpy.core.multiarray.scalar``, so both names are allowed. Arrays and
-    anything else stay refused.
-    """
-    import numpy as np
-
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    dtypes = {type(np.dtype(code)) for code in _NUMPY_SCALAR_CODES}
-    return [
-        np.dtype,
-        *sorted(dtypes, key=lambda t: t.__name__),
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-    ]
-
-
-def _allowed_global_names() -> set[str]:
-    names = set()
-    for entry in safe_numpy_globals():
-        if isinstance(entry, tuple):
-            names.add(entry[1])
-        else:
-            names.add(f"{entry.__module__}.{entry.__qualname__}")  # type: ignore[attr-defined]
-    return names
-
-
-def describe_bad_file(path: str | Path) -> str | None:
-    """What a file that is not a readable torch checkpoint actually is; None if it looks like one.
-
-    Checks only what is cheap and certain: emptiness, a web page saved under the checkpoint's
-    name (a login page, a ``/tree/`` or ``/blob/`` URL), and a zip archive whose central
-    directory is missing, which is what an interrupted download leaves.
-    """
-    import zipfile
-
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        return "an empty file (0 bytes)"
-    with open(path, "rb") as f:
-        head = f.read(1024)
-    text = head.lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in text[:512]:
-        return f"an HTML page ({size} bytes), not a checkpoint"
-    if head.startswith(ZIP_MAGIC):
-        if not zipfile.is_zipfile(path):
-            return f"a truncated torch archive ({size} bytes: the zip's central directory is missing)"
-        return None
-    if head.startswith(LEGACY_TORCH_MAGIC):
-        return None
-    if head[:1] in (b"{", b"[") or head.isascii():
-        return f"a text file ({size} bytes), not a checkpoint"
-    return f"not a torch checkpoint ({size} bytes starting with {head[:8]!r})"
-
-
-def refetch_hint(path: str | Path) -> str:
-    """How to get a good copy: the download command when the file is a shipped model's checkpoint."""
-    from adapt.model.config import model_config, model_names
-
-    name = Path(path).name
-    for model in model_names():
-        if (model_config(model).get("checkpoint") or {}).get("file") == name:
-            return f"fetch a good copy with: python -m adapt.download {model}"
-    return "replace it with a good copy (download or save it again)"
-
-
-def _convert_command(path: Path, unsafe: list[str]) -> str:
-    from adapt.model.config import model_config, model_names
-
-    model = next(
-        (m for m in model_names() if (model_config(m).get("checkpoint") or {}).get("file") == path.name),
-        "<model>",
-    )
-    allow = " ".join(f"--allow-global {g}" for g in unsafe)
-    return f"python -m adapt.convert '{path}' '{path.with_suffix('.safetensors')}' --model {model} {allow}"
-
-
-def torch_load_safely(path: str | Path, extra_globals: list[object] = ()) -> object:  # type: ignore[assignment]
-    """``torch.load(weights_only=True, mmap=True)`` with numpy scalars allowed; errors say what the file is.
-
-    mmap maps the archive instead of reading it: a release file's optimizer state and the tensors
-    that are not used are never brought into memory, and the weights that are used are copied once
-    (into the model) instead of twice. A file that needs other globals gets an error naming them
-    and the one-time conversion command, never the advice to disable ``weights_only``.
-    """
-    import pickle
-
-    path = Path(path)
-    problem = describe_bad_file(path)
-    if problem is not None:
-        raise CheckpointError(f"cannot read checkpoint {path}: it is {problem}; {refetch_hint(path)}")
-    with open(path, "rb") as f:
-        mmap = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # torch maps only zip archives
-    try:
-        with torch.serialization.safe_globals([*safe_numpy_globals(), *extra_globals]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # a global outside the allowlist
-        allowed = _allowed_global_names() | {
-            g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"  # type: ignore[union-attr]
-            for g in extra_globals
-        }
-        try:
-            unsafe = [
-                g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed
-            ]
-        except Exception:  # the archive is damaged beyond listing its globals
-            unsafe = []
-        if not unsafe:
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: its pickle is damaged; {refetch_hint(path)}"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint {path} holds {', '.join(unsafe)}, which adapt does not unpickle (only tensors, "
-            "containers and numpy scalars are read from untrusted files); if you trust the file, convert it "
-            f"once with: {_convert_command(path, unsafe)}"
-        ) from None
-    except CheckpointError:
-        raise
-    except Exception as exc:  # torch raises many types for a damaged archive
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {reason}; {refetch_hint(path)}"
-        ) from None
+# Reading files (the untrusted-file side is adapt.model.safe_load)
 
 
 def _unwrap(obj: object, file: str) -> dict[str, Tensor]:
