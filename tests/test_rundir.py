@@ -66,6 +66,7 @@ def _folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in (root / "outputs").rglob("results.json") if "previous" not in p.parts)
 
 
+@pytest.mark.slow  # real adapt.run processes (tens of seconds); run with -m slow
 def test_a_multirun_over_two_data_roots_leaves_two_complete_results(tmp_path):
     _e2e_project(tmp_path)
     roots = f"{tmp_path / 'data' / 'a'},{tmp_path / 'data' / 'b'}"
@@ -93,6 +94,7 @@ def test_a_multirun_over_two_data_roots_leaves_two_complete_results(tmp_path):
         assert "run summary" in log and "test AP" in log and f"results: {p}" in log
 
 
+@pytest.mark.slow  # real adapt.run processes (tens of seconds); run with -m slow
 def test_a_complete_run_is_skipped_and_a_failing_overwrite_keeps_it(tmp_path):
     """Same command, same folder; a complete run is skipped, overwrite=true keeps the old result,
     and a failing overwrite never leaves the complete result destroyed."""
@@ -147,6 +149,7 @@ def test_the_default_folder_name_is_readable_without_extra_overrides(tmp_path):
     assert folder("mode=prompt", "mode.optimizer.lr=0.1", "seed=30", "shots=1") == lr
 
 
+@pytest.mark.slow  # real adapt.run processes (tens of seconds); run with -m slow
 def test_a_second_process_on_the_same_folder_stops_naming_the_first(tmp_path):
     _e2e_project(tmp_path)
     long_run = ["task=e2e/a", "hydra.run.dir=outputs/busy", "trainer.max_steps=-1", "trainer.max_epochs=200"]

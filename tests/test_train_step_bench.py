@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the benchmark script end to end; run with -m slow
 def test_train_step_smoke(tmp_path: Path) -> None:
     out = tmp_path / "step.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -40,6 +40,7 @@ def _children(pid: int) -> list[str]:
         return []
 
 
+@pytest.mark.slow  # a real run with DataLoader workers, signalled; run with -m slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="watches DataLoader workers in /proc")
 def test_sigterm_while_workers_run_ends_interrupted_and_resumable(tmp_path):
     run_dir = tmp_path / "run"
