@@ -48,7 +48,14 @@ from adapt.train.loggers import build_logger, close_logger
 from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol
-from adapt.train.results import RunClock, RunRecord, machine_info, peak_memory_mb, test_fields
+from adapt.train.results import (
+    RunClock,
+    RunRecord,
+    is_global_zero,
+    machine_info,
+    peak_memory_mb,
+    test_fields,
+)
 from adapt.train.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -299,7 +306,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         detections, targets = predictions_and_targets(predictions)
         results = detections_to_coco(detections, targets, task.category_ids)
-        if split == "test":  # what `adapt.predict --prompt <run>/export` reproduces
+        if split == "test" and is_global_zero():  # what `adapt.predict --prompt <run>/export` reproduces
             write_json(results, run_dir / TEST_DETECTIONS, indent=None)
         return evaluate(dm.split(split).coco, results, max_dets=task.max_dets)
 
