@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.atomic import write_json
-from adapt.sweep import GridPoint, normalize_shots
+from adapt.sweep import GridPoint
 
 MANIFEST_FILE = "sweep_manifest.json"
 FORMAT = 1
@@ -134,13 +134,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestJob]:
     jobs = []
     for entry in _load(path)["jobs"]:
         try:
-            point = GridPoint(
-                task=str(entry["task"]),
-                model=str(entry["model"]),
-                mode=str(entry["mode"]),
-                shots=normalize_shots(entry["shots"]),
-                seed=int(entry["seed"]),
-            )
+            point = GridPoint.from_fields(entry)
             jobs.append(
                 ManifestJob(
                     point=point,

@@ -57,6 +57,17 @@ class GridPoint:
     shots: Shots
     seed: int
 
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> GridPoint:
+        """A point from its five fields as a record or config holds them (shots normalised)."""
+        return cls(
+            task=str(values["task"]),
+            model=str(values["model"]),
+            mode=str(values["mode"]),
+            shots=normalize_shots(values["shots"]),
+            seed=int(values["seed"]),
+        )
+
 
 def normalize_shots(value: Any) -> Shots:
     """A shots value in the one form results.json, the data layer and the report use: an int >= 0, or "all".
@@ -152,13 +163,7 @@ def grid_point(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] |
     missing = [k for k, v in values.items() if v is None]
     if missing:
         raise KeyError(f"config lacks the sweep coordinates {missing} (see adapt/sweep.py grid_point)")
-    return GridPoint(
-        task=str(values["task"]),
-        model=str(values["model"]),
-        mode=str(values["mode"]),
-        shots=normalize_shots(values["shots"]),
-        seed=int(values["seed"]),
-    )
+    return GridPoint.from_fields(values)
 
 
 def planned_points(
@@ -182,13 +187,7 @@ def planned_points(
     points = []
     for job in jobs:
         values = dict(text.split("=", 1) for text in job)
-        point = GridPoint(
-            task=values["task"],
-            model=model,
-            mode=values["mode"],
-            shots=normalize_shots(values["shots"]),
-            seed=int(values["seed"]),
-        )
+        point = GridPoint.from_fields({**values, "model": model})
         if point_skip_reason(point, canonical) is None:
             points.append(point)
     return points

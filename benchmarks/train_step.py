@@ -227,20 +227,21 @@ class Runner:
         return out
 
 
+# The memory model's parts, in the order the report prints them.
+MEMORY_PARTS = (
+    "params_buffers_bytes",
+    "grad_bytes",
+    "optimizer_state_bytes",
+    "cache_bytes",
+    "batch_bytes",
+    "saved_bytes",
+)
+
+
 def peak_bytes(counts: dict[str, dict[str, Any]], name: str) -> int:
     """The memory model's peak of ``name``, with one recomputed layer for a checkpointed one."""
     c = counts[name]
-    peak = sum(
-        c[k]
-        for k in (
-            "params_buffers_bytes",
-            "grad_bytes",
-            "optimizer_state_bytes",
-            "cache_bytes",
-            "batch_bytes",
-            "saved_bytes",
-        )
-    )
+    peak = sum(c[k] for k in MEMORY_PARTS)
     config = next(cfg for cfg in CONFIGS if cfg.name == name)
     if config.checkpoint:
         twin = counts.get(name.removesuffix(" ckpt"))
@@ -392,15 +393,7 @@ def render(report: dict[str, Any]) -> str:
         "Memory model parts (MiB): params+buffers / grads / AdamW state / cache / batch / saved for backward",
     ]
     for name, c in counts.items():
-        parts = (
-            "params_buffers_bytes",
-            "grad_bytes",
-            "optimizer_state_bytes",
-            "cache_bytes",
-            "batch_bytes",
-            "saved_bytes",
-        )
-        lines.append(f"  {name}: " + " / ".join(f"{c[k] / 2**20:.0f}" for k in parts))
+        lines.append(f"  {name}: " + " / ".join(f"{c[k] / 2**20:.0f}" for k in MEMORY_PARTS))
     lines.append("")
     return "\n".join(lines)
 

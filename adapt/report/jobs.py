@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from adapt.manifest import LAUNCHED, ManifestError, ManifestJob, find_manifests, read_manifest
 from adapt.record import RESULTS_FILE, read_results
 from adapt.report.paper import ODINW13_KEYS
-from adapt.sweep import GridPoint, grid_point, mode_sort_key, normalize_shots, shots_sort_key
+from adapt.sweep import GridPoint, grid_point, mode_sort_key, shots_sort_key
 
 # Statuses of a job, in the order the report lists them.
 COMPLETE, FAILED, RUNNING, MISSING = "complete", "failed", "running", "missing"
@@ -72,13 +72,7 @@ def _config_value(data: Mapping[str, Any], key: str) -> str | None:
 def _point_of(data: Mapping[str, Any]) -> GridPoint | None:
     """Grid coordinates of a results.json outside any manifest: its own fields, else its config."""
     try:
-        return GridPoint(
-            task=str(data["task"]),
-            model=str(data["model"]),
-            mode=str(data["mode"]),
-            shots=normalize_shots(data["shots"]),
-            seed=int(data["seed"]),
-        )
+        return GridPoint.from_fields(data)
     except (KeyError, TypeError, ValueError):
         pass
     config = data.get("config")
