@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
+
+from adapt.model.deform_conv import modulated_deform_conv3x3
 
 
 def h_sigmoid(x: Tensor) -> Tensor:
@@ -44,14 +45,8 @@ class ModulatedDeformConv(nn.Module):
     def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         # Official: the deformable conv runs in fp32 even under AMP.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return deform_conv2d(
-                x.float(),
-                offset.float(),
-                self.weight.float(),
-                self.bias.float(),
-                stride=self.stride,
-                padding=1,
-                mask=mask.float(),
+            return modulated_deform_conv3x3(
+                x.float(), offset.float(), mask.float(), self.weight.float(), self.bias.float(), self.stride
             )
 
 
