@@ -139,7 +139,8 @@ class DyConv(nn.Module):
                 term = self.DyConv[0](coarser, _reinterpret(offset, h, w), _reinterpret(mask, h, w))
                 # F.upsample_bilinear in the official code: bilinear with align_corners=True.
                 terms.append(F.interpolate(term, size=(height, width), mode="bilinear", align_corners=True))
-            stacked = torch.stack(terms)
-            weights = h_sigmoid(torch.stack([self.AttnConv(t) for t in terms]))
-            out.append(self.relu(torch.mean(stacked * weights, dim=0)))
+            # Official: mean(stack(terms) * stack(weights), dim 0), summed term by term here (the
+            # same additions; stacking the channels-last maps cost a relayout per level).
+            weighted = [term * h_sigmoid(self.AttnConv(term)) for term in terms]
+            out.append(self.relu(sum(weighted[1:], weighted[0]) / len(weighted)))
         return out

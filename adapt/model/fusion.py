@@ -77,10 +77,12 @@ class BiMultiHeadAttention(nn.Module):
         # exp(-9e15 - max) is exactly 0, so token columns that are pads in every image of the
         # batch get probability 0 and add nothing: they are left out (GLIP always pads the prompt
         # to 256 tokens, a typical prompt has ~20), unless dropout would draw numbers for them.
-        used = _used_tokens(mask) if not (self.training and self.dropout.p > 0) else t
+        dropping = self.training and self.dropout.p > 0
+        used = t if dropping else _used_tokens(mask)
         additive = torch.where(mask[:, :used] == 0, MASK_VALUE, 1.0).to(logits.dtype)
         logits_v = logits.view(batch, n, heads, t)[..., :used] + additive[:, None, None, :]
-        probs_v = self.dropout(logits_v.softmax(dim=-1)).view(batch, n, heads * used)
+        probs_v = logits_v.softmax(dim=-1)
+        probs_v = (self.dropout(probs_v) if dropping else probs_v).view(batch, n, heads * used)
         del logits_v
         value_l = self.values_l_proj(l[:, :used]).view(batch, used, heads, width)
         out_fold = self.out_v_proj.weight.view(v_dim, heads, width)
@@ -91,15 +93,23 @@ class BiMultiHeadAttention(nn.Module):
         # the max over N and clamps again first; softmax subtracts that same max itself, and
         # whatever the second clamp changes (< -50000 after the shift) has probability exactly 0,
         # so both steps are left out.
-        probs_l = self.dropout(logits.softmax(dim=1))  # [B, N, H*T]
+        bias = self.values_v_proj.bias.view(1, heads, 1, width)
+        if dropping:
+            probs_l = self.dropout(logits.softmax(dim=1))  # [B, N, H*T]
+            attended = torch.bmm(probs_l.transpose(1, 2), v)  # P_h v
+            bias = bias * probs_l.sum(dim=1).view(batch, heads, t, 1)  # P_h 1: dropout moves it off 1
+        elif inplace:
+            # Evaluation: the softmax's exp in place on the logits (no longer needed), its
+            # normalisation after the product with v (a [T, v_dim] division instead of [T, N]).
+            logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+            attended = torch.bmm(logits.transpose(1, 2), v) / logits.sum(dim=1)[..., None]
+        else:
+            attended = torch.bmm(logits.softmax(dim=1).transpose(1, 2), v)
         del logits
-        attended = torch.bmm(probs_l.transpose(1, 2), v).view(batch, heads, t, v_dim)  # P_h v
-        mass = probs_l.sum(dim=1).view(batch, heads, t, 1)  # P_h 1 (1 up to rounding without dropout)
-        del probs_l
+        # Softmax rows sum to 1 (up to rounding, as in the official product): P_h 1 bv_h = bv_h.
         value_fold = self.values_v_proj.weight.view(heads, width, v_dim)
-        value_v = torch.einsum("bhtv,hdv->bthd", attended, value_fold)
-        value_v = value_v + (mass * self.values_v_proj.bias.view(heads, 1, width)).transpose(1, 2)
-        delta_l = self.out_l_proj(value_v.reshape(batch, t, heads * width))
+        value_v = torch.einsum("bhtv,hdv->bhtd", attended.view(batch, heads, t, v_dim), value_fold) + bias
+        delta_l = self.out_l_proj(value_v.transpose(1, 2).reshape(batch, t, heads * width))
         return delta_v, delta_l
 
 
