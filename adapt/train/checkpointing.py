@@ -28,16 +28,19 @@ from adapt.model.fusion import VLFuse
 
 # Share of the free memory the fusion activations may take before checkpointing is kept on.
 FREE_MEMORY_SHARE = 0.5
-# Saved-for-backward tensors of one fusion layer, in units of one [B, N, embed] (= [B*heads, N, T]
-# for GLIP's 8 x 256) tensor: the scaled query and the image values, the clamped logits, the
-# shifted logits, both softmax outputs and the output projection's input (~7 units); active
-# dropout adds its two outputs and boolean masks, trainable weights the projections' inputs.
-UNITS_FROZEN = 7.0
-UNITS_DROPOUT = 3.0
-UNITS_WEIGHTS = 2.5
-# The text side: key and value projections per head and their inputs, in units of [B, T, embed]
-# (negligible at detection sizes, where N >> T, but not on tiny inputs).
-UNITS_TEXT = 4.0
+# Saved-for-backward tensors of one fusion layer, in units of one [B, N, heads * T] tensor (the
+# logits of every location, head and token): the clamp's input and the two softmax outputs (~3
+# units; nothing 2048 wide per location is computed, see ``adapt.model.fusion``); active dropout
+# adds its two outputs and boolean masks, trainable weights the [B, N, v_dim] inputs of their
+# products.
+UNITS_FROZEN = 3.0
+UNITS_DROPOUT = 2.5
+UNITS_WEIGHTS = 0.5
+# The text side, in units of [B, T, embed]: the keys, the values and the output projection's input
+# (frozen), and the head-layout copies the weight products keep (trainable). Negligible at
+# detection sizes, where N >> T, but not on tiny inputs.
+TEXT_UNITS_FROZEN = 2.5
+TEXT_UNITS_WEIGHTS = 3.5
 BYTES_PER_ELEMENT = 4  # fp32 (an over-count under fp16 autocast)
 
 
@@ -54,13 +57,15 @@ def feature_locations(height: int, width: int, strides: Sequence[int]) -> int:
     return total
 
 
-def _fusion_units(fuse: VLFuse) -> float:
-    units = UNITS_FROZEN
+def _fusion_units(fuse: VLFuse) -> tuple[float, float]:
+    """(image units, text units) one fusion layer keeps for backward."""
+    units, text_units = UNITS_FROZEN, TEXT_UNITS_FROZEN
     if fuse.training and fuse.b_attn.attn.dropout.p > 0:
         units += UNITS_DROPOUT
     if any(p.requires_grad for p in fuse.parameters()):
         units += UNITS_WEIGHTS
-    return units
+        text_units += TEXT_UNITS_WEIGHTS
+    return units, text_units
 
 
 def fusion_activation_bytes(model: nn.Module, batch: int, height: int, width: int) -> int:
@@ -71,10 +76,13 @@ def fusion_activation_bytes(model: nn.Module, batch: int, height: int, width: in
     cfg = model.cfg  # type: ignore[attr-defined]
     locations = feature_locations(height, width, cfg.anchors.strides)
     attn = fuses[0].b_attn.attn
-    width_units = max(attn.num_heads * cfg.language.max_query_len, attn.num_heads * attn.head_dim)
-    unit = batch * locations * width_units * BYTES_PER_ELEMENT
+    unit = batch * locations * attn.num_heads * cfg.language.max_query_len * BYTES_PER_ELEMENT
     text_unit = batch * cfg.language.max_query_len * attn.num_heads * attn.head_dim * BYTES_PER_ELEMENT
-    return int(sum(_fusion_units(f) * unit + UNITS_TEXT * text_unit for f in fuses))
+    total = 0.0
+    for fuse in fuses:
+        units, text_units = _fusion_units(fuse)
+        total += units * unit + text_units * text_unit
+    return int(total)
 
 
 def available_memory(device: torch.device) -> int:
