@@ -47,9 +47,49 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def forward(self, v: Tensor, l: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """v [B, N, v_dim] image, l [B, T, l_dim] text, mask [B, T] -> (delta_v, delta_l).
+        """v [B, N, v_dim] image, l [B, T, l_dim] text, mask [B, T] -> (delta_v, delta_l)."""
+        image_side = (self.v_proj, self.values_v_proj, self.out_v_proj)
+        if all(type(proj) is nn.Linear for proj in image_side):
+            return self._folded(v, l, mask)
+        return self._projected(v, l, mask)
 
-        The official computation, re-associated so that nothing of width ``embed_dim`` (2048) is
+    @property
+    def _dropping(self) -> bool:
+        return self.training and self.dropout.p > 0
+
+    def _token_columns(self, mask: Tensor, dtype: torch.dtype) -> tuple[int, Tensor]:
+        """How many token columns the image->text softmax needs, and its additive mask over them.
+
+        Pads get -9e15, real tokens +1 (official quirk, see module docstring). exp(-9e15 - max) is
+        exactly 0, so token columns that are pads in every image of the batch get probability 0
+        and add nothing: they are left out (GLIP always pads the prompt to 256 tokens, a typical
+        prompt has ~20), unless dropout would draw numbers for them."""
+        used = mask.shape[1] if self._dropping else _used_tokens(mask)
+        return used, torch.where(mask[:, :used] == 0, MASK_VALUE, 1.0).to(dtype)
+
+    def _projected(self, v: Tensor, l: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The official order, every location projected to ``embed_dim``: the fallback when an
+        image-side projection is not a plain linear layer (e.g. a peft LoRA adapter wraps it), whose
+        weight matrix the folding would need."""
+        batch = v.shape[0]
+
+        def split(x: Tensor) -> Tensor:  # [B, S, H*d] -> [B, H, S, d]
+            return x.view(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+        def merge(x: Tensor) -> Tensor:  # [B, H, S, d] -> [B, S, H*d]
+            return x.transpose(1, 2).reshape(batch, x.shape[2], -1)
+
+        query, key = split(self.v_proj(v)), split(self.l_proj(l) * self.scale)
+        logits = (query @ key.transpose(-1, -2)).clamp(-CLAMP, CLAMP)  # [B, H, N, T]
+        used, additive = self._token_columns(mask, logits.dtype)
+        probs_v = self.dropout((logits[..., :used] + additive[:, None, None, :]).softmax(dim=-1))
+        probs_l = self.dropout(logits.softmax(dim=2))  # over N (see _folded for the official shift)
+        out_v = probs_v @ split(self.values_l_proj(l[:, :used]))
+        out_l = probs_l.transpose(-1, -2) @ split(self.values_v_proj(v))
+        return self.out_v_proj(merge(out_v)), self.out_l_proj(merge(out_l))
+
+    def _folded(self, v: Tensor, l: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The official computation, re-associated so that nothing of width ``embed_dim`` (2048) is
         computed per image location. With q_h = v Wq_h^T + bq_h and k_h the head-h query and key,
         the logits are v (Wq_h^T k_h^T) + bq_h k_h^T: the query projection is folded into the
         [v_dim, T] key side, which costs no more than the logit product alone (GLIP's heads are 256
@@ -67,19 +107,16 @@ class BiMultiHeadAttention(nn.Module):
         fold = self.v_proj.weight.view(heads, width, v_dim)
         key_side = torch.einsum("bthd,hdv->bvht", key, fold).reshape(batch, v_dim, heads * t)
         key_bias = torch.einsum("bthd,hd->bht", key, self.v_proj.bias.view(heads, width))
-        # [B, N, H*T]: location n, head h, token t. Without autograd (evaluation) the largest
-        # tensors of the model are updated in place instead of copied per step.
-        inplace = not torch.is_grad_enabled()
+        # [B, N, H*T]: location n, head h, token t. Without autograd (evaluation, or a frozen
+        # tower fed frozen features as in the linear probe) the largest tensors of the model are
+        # updated in place instead of copied per step.
+        inplace = not (torch.is_grad_enabled() and _any_requires_grad(v, l, *self.parameters()))
         logits = torch.baddbmm(key_bias.reshape(batch, 1, heads * t), v, key_side)
         logits = logits.clamp_(-CLAMP, CLAMP) if inplace else logits.clamp(-CLAMP, CLAMP)
 
-        # image -> text: pads get -9e15, real tokens +1 (official quirk, see module docstring).
-        # exp(-9e15 - max) is exactly 0, so token columns that are pads in every image of the
-        # batch get probability 0 and add nothing: they are left out (GLIP always pads the prompt
-        # to 256 tokens, a typical prompt has ~20), unless dropout would draw numbers for them.
-        dropping = self.training and self.dropout.p > 0
-        used = t if dropping else _used_tokens(mask)
-        additive = torch.where(mask[:, :used] == 0, MASK_VALUE, 1.0).to(logits.dtype)
+        # image -> text: softmax over the tokens (and only the columns that can be non-zero).
+        dropping = self._dropping
+        used, additive = self._token_columns(mask, logits.dtype)
         logits_v = logits.view(batch, n, heads, t)[..., :used] + additive[:, None, None, :]
         probs_v = logits_v.softmax(dim=-1)
         probs_v = (self.dropout(probs_v) if dropping else probs_v).view(batch, n, heads * used)
@@ -111,6 +148,10 @@ class BiMultiHeadAttention(nn.Module):
         value_v = torch.einsum("bhtv,hdv->bhtd", attended.view(batch, heads, t, v_dim), value_fold) + bias
         delta_l = self.out_l_proj(value_v.transpose(1, 2).reshape(batch, t, heads * width))
         return delta_v, delta_l
+
+
+def _any_requires_grad(*tensors: Tensor) -> bool:
+    return any(t.requires_grad for t in tensors)
 
 
 def _used_tokens(mask: Tensor) -> int:

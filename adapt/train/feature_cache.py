@@ -75,12 +75,15 @@ class FeatureCache:
         for k in keys:
             self._entries.move_to_end(k)
         entries = [self._entries[k] for k in keys]
-        return [torch.stack(parts) for parts in zip(*entries, strict=True)]
+        # Concatenating the kept [1, ...] slices gives back the memory layout the features were
+        # computed in (the tower's maps are channels-last on the CPU), so the layers after the
+        # cache round exactly as they would without it.
+        return [torch.cat(parts) for parts in zip(*entries, strict=True)]
 
     def put(self, keys: Sequence[ViewKey], batch: Sequence[Tensor]) -> None:
         """Keep every image's slice of ``batch`` (tensors whose dim 0 is the batch)."""
         for i, key in enumerate(keys):
-            parts = tuple(t[i].detach().clone() for t in batch)
+            parts = tuple(t[i : i + 1].detach().clone() for t in batch)
             size = sum(p.numel() * p.element_size() for p in parts)
             if size > self.max_bytes:
                 continue

@@ -129,13 +129,18 @@ def fusion_inputs(v_dim: int, l_dim: int, seed: int = 0):
     [(16, 64, 4), (16, 32, 4)],  # head width >= v_dim (every GLIP) and < v_dim (folding still exact)
 )
 @pytest.mark.parametrize("grad", [False, True])
-def test_reassociated_fusion_equals_official_formula(v_dim: int, embed_dim: int, heads: int, grad: bool):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_reassociated_fusion_equals_official_formula(
+    v_dim: int, embed_dim: int, heads: int, grad: bool, wrapped: bool
+):
     torch.manual_seed(0)
     attn = BiMultiHeadAttention(v_dim, 12, embed_dim, heads, dropout=0.1).double().eval()
     for p in attn.parameters():  # non-zero biases, logits of a few units
         nn.init.normal_(p, std=0.3)
     v, l, mask = fusion_inputs(v_dim, 12)
     ref = official_attention(attn, v, l, mask)
+    if wrapped:  # a projection that is not a plain nn.Linear (an adapter) takes the unfolded path
+        attn.values_v_proj = nn.Sequential(attn.values_v_proj)
     with torch.set_grad_enabled(grad):  # evaluation's in-place exp path / autograd's softmax path
         ours = attn(v, l, mask)
     for a, b in zip(ours, ref, strict=True):
@@ -194,3 +199,27 @@ def test_reassociated_fusion_with_dropout_in_training():
     ref = official_attention(attn, v, l, mask, dropout=attn.dropout)
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_lora_adapters_on_the_fusion_projections_are_used_and_trained():
+    """peft wraps the projections the folding reads weights from: the fusion then projects every
+    location as the official code does, so the adapters change the output and get gradients."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    attn = BiMultiHeadAttention(16, 12, 64, 4, dropout=0.0).double()
+    targets = ["v_proj", "values_v_proj", "out_v_proj", "l_proj"]
+    model = get_peft_model(attn, LoraConfig(r=2, lora_alpha=4, target_modules=targets))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at 0 (a no-op adapter); make it count
+            nn.init.normal_(p, std=0.3)
+    v, l, mask = fusion_inputs(16, 12, seed=4)
+    out_v, out_l = model(v, l, mask)
+    merged = copy.deepcopy(model).merge_and_unload()  # plain nn.Linear again, adapter weights merged
+    for a, b in zip((out_v, out_l), official_attention(merged, v, l, mask), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    (out_v.square().sum() + out_l.square().sum()).backward()
+    lora_grads = {n: p.grad for n, p in model.named_parameters() if "lora_A" in n}
+    assert len(lora_grads) == len(targets)
+    assert all(g is not None and g.abs().sum() > 0 for g in lora_grads.values())
