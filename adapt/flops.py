@@ -2,7 +2,8 @@
 
 ``count_flops(fn)`` runs ``fn`` once under ``torch.utils.flop_counter.FlopCounterMode`` with two
 additions passed through its public ``custom_mapping``: torchvision's ``deform_conv2d`` (forward and
-backward, counted as the GEMM of its im2col columns; the bilinear sampling is not counted) and the
+backward, counted as the GEMM of its im2col columns; the bilinear sampling is not counted; on the
+CPU without autograd adapt's own deformable conv is an ``addmm``, counted by torch) and the
 CPU kernel that ``scaled_dot_product_attention`` dispatches to (torch counts only the CUDA ones).
 The count is of the real call on real tensors, so it is exact for what it covers: matrix products,
 convolutions and attention. Element-wise work is not counted; every figure is a lower bound.

@@ -312,7 +312,8 @@ def test_smoke_run_measures_every_quantity(
         assert r["precision"] == "32-true"
     if "linear" in train:
         assert train["full"]["flops_per_step"] > train["linear"]["flops_per_step"]
-    assert "torchvision.deform_conv2d" in train["full"]["flops_by_op"]
+    # On the CPU the deformable convs are adapt's sampled GEMM: forward addmm, backward mm.
+    assert {"aten.addmm", "aten.mm"} <= set(train["full"]["flops_by_op"])
     ev = report["models"]["glip_mini"]["eval"]
     assert ev["t_img"] > 0 and ev["flops_per_image"] > 0
     assert report["protocol"]["jobs"] == jobs

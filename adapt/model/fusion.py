@@ -7,9 +7,14 @@ softmax over image locations updates the text. Numerics quirks reproduced on pur
 * the logits are clamped to [-50000, 50000] (official CLAMP_MIN/MAX_FOR_UNDERFLOW/OVERFLOW);
 * image->text: the mask adds -9e15 on pad tokens and **+1** on real tokens (the official code
   adds the 0/1 mask after filling its zeros); the +1 changes rounding only, but it is kept;
-* text->image: the row max is subtracted and the result clamped again before the softmax, and
-  there is **no mask** over image locations, padded regions included;
+* text->image: the row max is subtracted and the result clamped again before the softmax (both
+  without effect on the probabilities, see ``_folded``), and there is **no mask** over image
+  locations, padded regions included;
 * the residual base is the *layer-normed* input: out = LN(x) + gamma * attn(LN(x), ...).
+
+Computed faster than the official order, without changing the numbers beyond rounding: the
+projections are folded into the token side (``BiMultiHeadAttention._folded``), token columns that
+are padding in every image are skipped, and evaluation updates the largest tensors in place.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The official GLIP always checkpoints the fusion (DYHEAD.USE_CHECKPOINT). That is the right call for
 full fine-tuning on a 16 GB GPU, but it costs prompt tuning a second forward of all six fusion
-layers (GLIP-T, batch 1, short side 320: 642 instead of 509 GFLOP per step), because the prompt's
+layers (GLIP-T, batch 1, short side 320: 443 instead of 379 GFLOP per step), because the prompt's
 gradient has to pass back through every layer. The numbers are the same either way (the RNG state is
 restored for dropout), so the choice is only memory against time, and it can be made per step:
 

@@ -161,12 +161,30 @@ def task_prompt(task: Any, model: GLIP) -> EncodedPrompt:
 
 
 def resolve_precision(trainer_cfg: Mapping[str, Any]) -> str:
-    """``auto``: mixed precision on CUDA (the paper's AMP), full precision on CPU."""
+    """``auto``: mixed precision on CUDA (the paper's AMP), full precision on CPU.
+
+    bf16 on a CPU without a bf16 matrix unit (AVX-512 BF16 or AMX) is emulated and far slower than
+    fp32 (GLIP-T inference measured 25x slower, ``benchmarks/README.md``): allowed, with a warning.
+    """
     precision = str(trainer_cfg.get("precision", "auto"))
-    if precision != "auto":
-        return precision
     on_gpu = trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "16-mixed" if on_gpu else "32-true"
+    if precision == "auto":
+        return "16-mixed" if on_gpu else "32-true"
+    if precision.startswith("bf16") and not on_gpu and not cpu_has_bf16_matmul():
+        warnings.warn(
+            f"trainer.precision={precision} on a CPU without AVX-512 BF16 or AMX: bf16 is emulated "
+            "here and much slower than 32-true (see benchmarks/README.md)",
+            stacklevel=2,
+        )
+    return precision
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (torch's own capability checks)."""
+    checks = (
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    return any(check() for check in checks if check is not None)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

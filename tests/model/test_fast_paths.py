@@ -1,8 +1,8 @@
 """The CPU fast paths compute what the official formulas compute.
 
-* ``adapt.model.deform_conv``: the sampled-GEMM modulated deformable conv against torchvision's
-  kernel (the reference wherever autograd runs), including samples off the map, corners straddling
-  its border, stride 2 and the coarser level's reinterpreted offsets.
+* ``adapt.model.deform_conv``: the sampled-GEMM modulated deformable conv (and its backward)
+  against torchvision's kernel, including samples off the map, corners straddling its border,
+  stride 2 and the coarser level's reinterpreted offsets.
 * ``adapt.model.fusion``: the re-associated cross-attention against the official formula written out
   step by step (projections, clamps, max subtraction, -9e15 / +1 mask, per-head products), in
   float64 so that only the rounding of the re-association can differ, for evaluation (in-place
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
+from adapt.flops import count_flops
 from adapt.model import deform_conv
 from adapt.model.deform_conv import modulated_deform_conv3x3
 from adapt.model.dyconv import _reinterpret
@@ -69,21 +70,35 @@ def test_sampled_deform_conv_float64_and_reinterpreted_offsets():
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
 
 
-def test_deform_conv_uses_torchvision_where_autograd_needs_it(monkeypatch: pytest.MonkeyPatch):
-    x, offset, mask, weight, bias = deform_inputs(1, (5, 5), (5, 5), torch.float32)
-    calls = []
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sampled_deform_conv_gradients_match_torchvision(stride: int):
+    """Input, offset, mask, weight and bias gradients, float64; the whole-number offsets put samples
+    exactly on the -1 border line, where torchvision's backward takes the inside derivative."""
+    out = (9, 13) if stride == 1 else (5, 7)
+    tensors = deform_inputs(2, (9, 13), out, torch.float64, seed=5)
+    ref_in = [t.clone().requires_grad_() for t in tensors]
+    ref = deform_conv2d(ref_in[0], ref_in[1], ref_in[3], ref_in[4], stride=stride, padding=1, mask=ref_in[2])
+    grad_out = torch.randn_like(ref)
+    ours_in = [t.clone().requires_grad_() for t in tensors]
+    ours = modulated_deform_conv3x3(*ours_in, stride)
+    expected = torch.autograd.grad(ref, ref_in, grad_out)
+    for a, b in zip(torch.autograd.grad(ours, ours_in, grad_out), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return deform_conv2d(*args, **kwargs)
 
-    monkeypatch.setattr(deform_conv, "deform_conv2d", counting)
-    with torch.no_grad():
-        modulated_deform_conv3x3(x, offset, mask, weight, bias)
-    modulated_deform_conv3x3(x, offset, mask, weight, bias)  # nothing requires grad: sampled too
-    assert calls == []
-    out = modulated_deform_conv3x3(x.requires_grad_(), offset, mask, weight, bias)
-    assert calls == [1] and out.requires_grad
+def test_sampled_deform_conv_flops_and_the_gradients_it_skips(monkeypatch: pytest.MonkeyPatch):
+    """Counted as its GEMMs (as torchvision's formula counts it); frozen weights (prompt tuning) skip
+    the weight-gradient GEMM, and torchvision is not called on the CPU at all."""
+    monkeypatch.setattr(deform_conv, "deform_conv2d", None)
+    x, offset, mask, weight, bias = deform_inputs(2, (8, 8), (8, 8), torch.float32)
+    x.requires_grad_()
+    forward = count_flops(lambda: modulated_deform_conv3x3(x, offset, mask, weight, bias))
+    assert forward.total == 2 * 2 * 5 * 8 * 9 * 64  # 2 x N x Cout x Cin x 3 x 3 x Ho x Wo
+    frozen = count_flops(lambda: modulated_deform_conv3x3(x, offset, mask, weight, bias).sum().backward())
+    weight.requires_grad_()
+    trained = count_flops(lambda: modulated_deform_conv3x3(x, offset, mask, weight, bias).sum().backward())
+    assert (frozen.total, trained.total) == (2 * forward.total, 3 * forward.total)
+    assert weight.grad is not None and x.grad is not None
 
 
 # --------------------------------------------------------------------------------------------------

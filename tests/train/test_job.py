@@ -121,3 +121,20 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
     ta = load_file(straight / "export" / "adapter_model.safetensors")
     tb = load_file(resumed / "export" / "adapter_model.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_a_bf16_unit_warns(monkeypatch: pytest.MonkeyPatch, native: bool):
+    """bf16 is emulated (25x slower than fp32 for GLIP-T) on CPUs without AVX-512 BF16 / AMX."""
+    import warnings
+
+    from adapt.train import job
+
+    monkeypatch.setattr(job, "cpu_has_bf16_matmul", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert job.resolve_precision({"precision": "bf16-mixed", "accelerator": "cpu"}) == "bf16-mixed"
+        assert job.resolve_precision({"precision": "auto", "accelerator": "cpu"}) == "32-true"
+    assert [str(w.message).split(":")[0] for w in caught] == (
+        [] if native else ["trainer.precision=bf16-mixed on a CPU without AVX-512 BF16 or AMX"]
+    )
