@@ -125,7 +125,8 @@ def _flop_section(report: Mapping[str, Any]) -> list[str]:
         "",
         "Counted by `adapt.flops.count_flops` (torch's `FlopCounterMode`: matmul, convolution and "
         "attention kernels, forward and backward, including the recomputation of gradient-checkpointed "
-        "layers, plus torchvision `deform_conv2d` counted as its GEMM) on the real step on "
+        "layers; the deformable convs as their GEMMs: adapt's own on the CPU, torchvision's elsewhere) "
+        "on the real step on "
         f"{s['device']}. Not counted: element-wise ops, normalisation, softmax, the loss's assignment, "
         "post-processing and NMS, the optimiser update. So every figure is a lower bound. Weighted over "
         "the training scales like t_step.",
