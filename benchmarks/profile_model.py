@@ -107,9 +107,9 @@ def step_fn(
         forward().backward()
         model.zero_grad(set_to_none=True)
 
-    if backward is False:
-        return forward
-    return infer if mode is None else train
+    if mode is None:
+        return infer
+    return train if backward else forward
 
 
 def profile_once(fn: Callable[[], Any], labels: list[str]) -> tuple[dict[str, float], float, list[tuple]]:

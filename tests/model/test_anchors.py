@@ -14,11 +14,6 @@ ORACLE = Path(__file__).resolve().parents[1] / "fixtures" / "glip_mini_oracle"
 LEVEL_SIZES = [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]  # padded batch 256 x 320
 
 
-@pytest.fixture(scope="module")
-def oracle() -> dict:
-    return torch.load(ORACLE / "mini_io.pt", weights_only=True)
-
-
 def test_anchors_equal_oracle_exactly(oracle):
     cfg = AnchorConfig()
     anchors = AnchorGenerator(cfg.sizes, cfg.strides)(LEVEL_SIZES)

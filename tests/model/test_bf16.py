@@ -10,31 +10,18 @@ The deformable convolutions run in fp32 inside autocast, as officially.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from adapt.model import GLIP, build_glip, load_checkpoint
-from tests.model.test_forward_oracle import FIXTURE, mini_config, switch_off_randomness, train_targets
+from adapt.model import GLIP
+from tests.model.test_forward_oracle import switch_off_randomness, train_targets
 
 LOGIT_ATOL = 0.05  # observed 0.010 (|logits| <= 1.3)
 BBOX_REG_ATOL = 0.02  # observed 0.0038 (|bbox_reg| <= 0.18)
 MIN_TOP100_OVERLAP = 50  # observed 97 / 100; the random model's scores lie within 0.39..0.42
 LOSS_RTOL = 1e-2  # observed 2.6e-4 (loss_dot_product_token)
 MIN_GRAD_COSINE = 0.99  # observed 0.99990 (prompt-offset gradient)
-
-
-@pytest.fixture(scope="module")
-def oracle() -> dict:
-    return torch.load(FIXTURE / "mini_io.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def model() -> GLIP:
-    m = build_glip(mini_config(), seed=123)
-    assert load_checkpoint(m, FIXTURE / "mini_glip.pth").ok
-    return m.eval()
 
 
 def autocast(enabled: bool) -> torch.autocast:

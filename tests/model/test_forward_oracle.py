@@ -43,20 +43,6 @@ def mini_config() -> GLIPConfig:
     return GLIPConfig.from_dict(yaml.safe_load((CONF / "glip_mini.yaml").read_text())["arch"])
 
 
-@pytest.fixture(scope="module")
-def oracle() -> dict:
-    return torch.load(FIXTURE / "mini_io.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def model() -> GLIP:
-    # Another seed than the fixture's: every weight must come from the checkpoint.
-    m = build_glip(mini_config(), seed=123)
-    report = load_checkpoint(m, FIXTURE / "mini_glip.pth")
-    assert report.ok, str(report)
-    return m.eval()
-
-
 def run_with_hooks(model: GLIP, inputs: dict, text: TextFeatures) -> dict:
     """One ``model(...)`` eval call; forward hooks catch every tower step, the head and the anchors."""
     caught: dict = {"tower": {}}

@@ -7,22 +7,14 @@ Observed: every loss (binary and soft positive map) is bit-identical to the stor
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from adapt.model.anchors import AnchorGenerator
 from adapt.model.loss import ATSSLoss, atss_assign, legacy_box_iou
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "glip_mini_oracle" / "mini_io.pt"
 KEYS = ["loss_reg", "loss_centerness", "loss_dot_product_token", "total"]
 REL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def oracle() -> dict:
-    return torch.load(FIXTURE, weights_only=True)
 
 
 def run_loss(oracle: dict, positive_map: torch.Tensor, logits=None, text_mask=None) -> dict:

@@ -8,21 +8,13 @@ torch version's ``topk(sorted=False)`` (not asserted: that order is implementati
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from adapt.model.postprocess import PostProcessor, class_scores, class_wise_nms
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "glip_mini_oracle" / "mini_io.pt"
 BOX_TOL = 1e-3
 SCORE_TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def oracle() -> dict:
-    return torch.load(FIXTURE, weights_only=True)
 
 
 def match(ours: dict, ref: dict) -> tuple[int, float, float]:

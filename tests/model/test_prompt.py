@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,13 +16,7 @@ from adapt.prompt import (
     positive_map,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "glip_mini_oracle" / "mini_io.pt"
 TRAIN_CLASSES = [["fish", "jellyfish", "penguin"], ["shark", "starfish", "puffin", "stingray"]]
-
-
-@pytest.fixture(scope="module")
-def oracle() -> dict:
-    return torch.load(FIXTURE, weights_only=True)
 
 
 @pytest.fixture(scope="module")
