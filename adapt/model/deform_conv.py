@@ -47,9 +47,7 @@ def modulated_deform_conv3x3(
     The output may be channels-last in memory (the sampling path's natural layout)."""
     if x.device.type != "cpu":
         return deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, mask, weight, bias)):
-        return _SampledDeformConv.apply(x, offset, mask, weight, bias, stride)
-    return _sampled_gemm(x, offset, mask, weight, bias, stride)
+    return _SampledDeformConv.apply(x, offset, mask, weight, bias, stride)
 
 
 def _columns(x: Tensor, offset: Tensor, mask: Tensor, stride: int) -> Tensor:
