@@ -156,7 +156,7 @@ def main() -> None:
     finally:
         if args.file is None:
             path.unlink(missing_ok=True)
-    from adapt.train.results import machine_info
+    from adapt.runs.results import machine_info
 
     summary = {
         "model": args.model,

@@ -24,7 +24,7 @@ from PIL import Image
 from adapt.data import build_task
 from adapt.data.io import read_image
 from adapt.data.validate import check_images
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 
 def _timed(fn, reps: int) -> float:

@@ -34,7 +34,7 @@ from model_speed import HEIGHT, WIDTH, model_inputs
 from adapt.detector import model_config
 from adapt.flops import count_flops
 from adapt.model import GLIPConfig, build_glip
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 # Datasheet peaks in TFLOP/s (dense), by a substring of torch.cuda.get_device_name. fp32 is the
 # plain (non-tensor-core) rate: PyTorch keeps float32 matmuls off TF32 by default.

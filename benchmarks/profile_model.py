@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from adapt.detector import model_config
 from adapt.model import GLIPConfig, build_glip
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 
 def regions(model: nn.Module) -> dict[str, nn.Module]:
@@ -76,12 +76,10 @@ def build(model_name: str, mode: str | None, device: str) -> nn.Module:
     model = build_glip(cfg).to(device)
     if mode is None:
         return model.eval()
-    import yaml
+    from adapt.config import compose_config
+    from adapt.modes import build_policy  # the mode's requires_grad and train/eval flags
 
-    from adapt.train.modes import build_policy  # the mode's requires_grad and train/eval flags
-
-    conf = Path(__file__).parents[1] / "adapt" / "conf" / "mode" / f"{mode}.yaml"
-    policy = build_policy(yaml.safe_load(conf.read_text(encoding="utf-8")))
+    policy = build_policy(compose_config([f"mode={mode}", "shots=5"]).mode)
     policy.apply(model)
     model.train()
     policy.set_module_modes(model)

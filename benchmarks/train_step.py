@@ -35,7 +35,7 @@ repetition.
   backward, one checkpointed layer is recomputed at a time. No allocator caching, fragmentation or
   workspaces. On CUDA, ``torch.cuda.max_memory_allocated`` over the counted step is reported too.
 * Time: medians of the interleaved repetitions and their ratios; the machine line
-  (``adapt.train.results.machine_info``) and the load average are printed with them.
+  (``adapt.runs.results.machine_info``) and the load average are printed with them.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import torch
 
 from adapt.atomic import write_json
 from adapt.flops import count_flops
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 from benchmarks.odinw.measure import SyntheticImages, build_module, quiet_lightning
 
 
@@ -98,21 +98,8 @@ def _set_checkpointing(module: Any, on: bool) -> int:
 
 
 def _module(model: str, mode: str, task: str, device: str, checkpoint: bool) -> Any:
-    """``build_module``; ``linear_cached`` (a Hydra ``defaults:`` on linear) is linear + ``cache_tower``."""
-    import yaml
-
-    from adapt.train.modes import build_policy
-    from benchmarks.odinw.protocol import CONF
-
-    if mode != "linear_cached":
-        return build_module(model, mode, task, device, checkpoint)
-    module = build_module(model, "linear", task, device, checkpoint)
-    linear = yaml.safe_load((CONF / "mode" / "linear.yaml").read_text(encoding="utf-8"))
-    cached = yaml.safe_load((CONF / "mode" / "linear_cached.yaml").read_text(encoding="utf-8"))
-    cached.pop("defaults", None)
-    module.policy = build_policy({**linear, **cached})
-    module.trainable = module.policy.apply(module.model)
-    return module
+    """``build_module``: every mode, ``linear_cached`` included, composed as the job composes it."""
+    return build_module(model, mode, task, device, checkpoint)
 
 
 def _batch(module: Any, batch: int, short_side: int, hw: tuple[int, int], device: str) -> dict[str, Any]:

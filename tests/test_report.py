@@ -18,8 +18,8 @@ import yaml
 
 from adapt import report as rp
 from adapt.atomic import write_json
+from adapt.grid import GridPoint, normalize_shots
 from adapt.markdown import md_table
-from adapt.sweep import GridPoint, normalize_shots
 from tests.sweep_stub import CONF, ODINW_TASKS, run_sweep, stub_project, trained
 
 SPEC = Path("/work/shared/docs/glip_spec.md")

@@ -1,6 +1,6 @@
 """Sweeps: the protocol's grid rule, resumability, fault isolation, the manifest, and the configs.
 
-Three levels: unit tests of adapt.sweep; multiruns through Hydra with a stub job (real sweep yaml,
+Three levels: unit tests of adapt.runs.sweep; multiruns through Hydra with a stub job (real sweep yaml,
 real sweeper and launcher, real report, no model; tests/sweep_stub.py); and `python -m adapt.run`
 sweeps with glip_mini: a small one by default (and a job killed mid-run), the full grid behind
 `-m slow`.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,10 +25,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from adapt import manifest, sweep
+from adapt import grid
 from adapt.atomic import write_json
+from adapt.grid import GridPoint, point_skip_reason
 from adapt.report import ODINW13_KEYS
-from adapt.sweep import GridPoint, point_skip_reason
+from adapt.runs import manifest, sweep
 from tests.sweep_stub import CONF, run_sweep, stub_project, trained
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,13 +59,13 @@ def job_cfg(
     [(0, 0), (5, 5), ("5", 5), ("'10'", 10), ("all", "all"), ("ALL", "all"), ("5shot", 5), ("shot3", 3)],
 )
 def test_normalize_shots(value, expected):
-    assert sweep.normalize_shots(value) == expected
+    assert grid.normalize_shots(value) == expected
 
 
 @pytest.mark.parametrize("value", ["few", True, "5x", None, -1, "-1"])
 def test_normalize_shots_rejects(value):
     with pytest.raises(ValueError):
-        sweep.normalize_shots(value)
+        grid.normalize_shots(value)
 
 
 @pytest.mark.parametrize(
@@ -167,8 +169,8 @@ def test_record_failure_keeps_progress_and_the_traceback(tmp_path):
 def test_the_jobs_writes_merge_into_the_sweeps_start_record(tmp_path):
     """One merging writer: the training job's record keeps where and when the attempt started,
     and a resumed run keeps its validation history and time until its next evaluation."""
-    from adapt.record import update_record
-    from adapt.train.results import RunRecord
+    from adapt.runs.record import update_record
+    from adapt.runs.results import RunRecord
 
     sweep.record_start(tmp_path, job_cfg())
     started = json.loads((tmp_path / "results.json").read_text())
@@ -380,7 +382,9 @@ def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
     # of which 2 x (1 zero-shot + 1 prompt x 1 shot x 3 seeds) = 8 run.
     grid = ["+sweep=odinw13", "model=glip_t", "task=odinw/aquarium,odinw/rabbits", "mode=zero,prompt"]
     result = run_sweep(tmp_path, *grid, "shots=0,1", "sweep.dry_run=true")
-    assert "24 grid points, 8 jobs to launch (skipped: 16 redundant grid point)" in result.stdout
+    assert (
+        "24 grid points (5 configurations composed), 8 jobs to launch (skipped: 16 redundant" in result.stdout
+    )
     launches = [
         line.split("would launch: ", 1)[1] for line in result.stdout.splitlines() if "would launch" in line
     ]
@@ -399,6 +403,15 @@ def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
     report = build_report(tmp_path / "multirun" / "odinw13", paper=None)
     assert [j.status for j in report.jobs] == ["missing"] * 8
     assert {j.note for j in report.jobs} == {"not launched (dry_run)"}
+
+    # Composing every point as the launcher will gives the same decisions, folders and fields.
+    fast = json.loads((tmp_path / "multirun" / "odinw13" / "glip_t" / "sweep_manifest.json").read_text())
+    shutil.rmtree(tmp_path / "multirun")
+    result = run_sweep(tmp_path, *grid, "shots=0,1", "sweep.dry_run=true", "sweep.compose_every_point=true")
+    assert "24 grid points (24 configurations composed)" in result.stdout
+    slow = json.loads((tmp_path / "multirun" / "odinw13" / "glip_t" / "sweep_manifest.json").read_text())
+    strip = [{k: v for k, v in j.items() if k != "decided_at"} for j in fast["jobs"]]
+    assert strip == [{k: v for k, v in j.items() if k != "decided_at"} for j in slow["jobs"]]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ import adapt.fewshot as fewshot  # module import: adapt.fewshot itself imports a
 from adapt.data.coco import CocoDetection, load_coco_json
 from adapt.data.errors import DataError
 from adapt.data.transforms import build_transforms
+from adapt.grid import normalize_shots
 from adapt.prompt import CaptionPrompt
-from adapt.sweep import normalize_shots
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adapt.grid import ZERO_MODE, Shots
 from adapt.report.aggregate import ModelReport
 from adapt.report.paper import PaperReference
 from adapt.report.render import paper_mode
-from adapt.sweep import ZERO_MODE, Shots
 
 
 def _plot_series(

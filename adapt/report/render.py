@@ -8,10 +8,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
+from adapt.grid import ZERO_MODE, Shots, shots_sort_key
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
-from adapt.sweep import ZERO_MODE, Shots, shots_sort_key
 
 _MAX_LISTED = 200
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from adapt.sweep import normalize_shots
-from adapt.train.modes import policy_class
+from adapt.grid import normalize_shots
+from adapt.modes import build_policy
+from adapt.runs.resume import parse_resume
 
 RECIPE_KEYS = ("epochs", "copies", "step_patience", "stop_patience")
 
@@ -30,9 +31,15 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(str(exc)) from None
     mode = str(OmegaConf.select(cfg, "mode.name", default=""))
     try:
-        trains = policy_class(cfg.mode).trains if cfg.get("mode") is not None else False
+        trains = build_policy(cfg.mode).trains if cfg.get("mode") is not None else False
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    declared = OmegaConf.select(cfg, "mode.evaluates_only", default=None)
+    if declared is not None and bool(declared) == trains:
+        raise ConfigError(
+            f"mode.evaluates_only={declared} contradicts mode {mode}'s policy, which "
+            f"{'trains' if trains else 'trains nothing'}: fix conf/mode/{mode}.yaml"
+        )
     if trains and shots == 0:
         raise ConfigError(
             f"shots=0 is zero-shot evaluation, which trains nothing: use mode=zero, or shots=1, 3, 5, 10 "
@@ -41,9 +48,10 @@ def check_config(cfg: DictConfig) -> None:
     if trains:
         _check_recipe(cfg, shots)
     _check_int("seed", cfg.get("seed"), "an integer (the paper's seeds are 3, 30 and 300)")
-    resume = cfg.get("resume")
-    if str(resume).strip().lower() not in ("false", "true", "auto", "none"):
-        raise ConfigError(f"resume={resume} is not one of false, true or auto")
+    try:
+        parse_resume(cfg.get("resume"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
     if not _is_int(max_steps) or (int(max_steps) < 1 and int(max_steps) != -1):
         raise ConfigError(

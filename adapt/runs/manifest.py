@@ -20,7 +20,7 @@ Format (``"format": 1``)::
 
 ``decision`` is ``launched``, ``dry_run`` (would launch; `sweep.dry_run=true`), ``complete`` (not
 launched: its results.json is complete) or ``redundant`` (not launched: the protocol collapses the
-point, see `adapt.sweep.point_skip_reason`), with the sweeper's words in ``reason``. ``job_id`` is
+point, see `adapt.runs.sweep.point_skip_reason`), with the sweeper's words in ``reason``. ``job_id`` is
 the launcher's id of the job (Hydra's ``hydra.job.id``: the SLURM job id under submitit, a job
 number under the basic and joblib launchers), filled in when the launcher returns.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.atomic import write_json
-from adapt.sweep import GridPoint
+from adapt.grid import GridPoint
 
 MANIFEST_FILE = "sweep_manifest.json"
 FORMAT = 1
@@ -77,7 +77,7 @@ def now() -> str:
 
 
 def decision_of(skip_reason: str | None, dry_run: bool) -> str:
-    """The manifest's decision for a point, from `adapt.sweep.skip_reason`'s answer."""
+    """The manifest's decision for a point, from `adapt.runs.sweep.skip_reason`'s answer."""
     if skip_reason is None:
         return DRY_RUN if dry_run else LAUNCHED
     return REDUNDANT if skip_reason.startswith("redundant") else COMPLETE
@@ -138,7 +138,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestJob]:
             jobs.append(
                 ManifestJob(
                     point=point,
-                    folder=root / str(entry["folder"]),
+                    folder=_inside(root, str(entry["folder"]), path),
                     decision=str(entry["decision"]),
                     reason=entry.get("reason"),
                     overrides=tuple(entry.get("overrides") or ()),
@@ -148,9 +148,19 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestJob]:
                     job_status=entry.get("job_status"),
                 )
             )
+        except ManifestError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{path}: malformed entry {entry!r} ({exc})") from exc
     return jobs
+
+
+def _inside(root: Path, folder: str, path: Path) -> Path:
+    """``root / folder``, which must stay inside the sweep folder (a received manifest is data)."""
+    target = (root / folder).resolve()
+    if not target.is_relative_to(root):
+        raise ManifestError(f"{path}: job folder {folder!r} points outside the sweep folder {root}")
+    return target
 
 
 def find_manifests(sweep_dir: str | os.PathLike[str]) -> list[Path]:

@@ -1,74 +1,31 @@
-"""Run folders: one per distinct run, one process per folder at a time.
+"""One process per run folder at a time: ``<run_dir>/run.lock``.
 
-Identity. A run folder is named by its grid coordinates (``<task>/<model>/<mode>/shots5_seed3``)
-so sweeps stay readable, but two runs differing in anything else (``task.data_root``, a learning
-rate, ``trainer.max_epochs``, ``checkpoint``) used to share it, and the second replaced the first.
-The ``adapt_run_suffix`` resolver appends ``-<8 hex>``, a hash of the command-line overrides that
-are not already in the name and that can change the result; with none it appends nothing. The
-same overrides always give the same folder, so ``resume`` finds its own. Which keys are left out
-is configuration: ``hydra.job.config.override_dirname.exclude_keys`` in conf/config.yaml (a key,
-or a ``prefix.*`` pattern).
-
-Exclusivity. :func:`run_lock` holds ``<run_dir>/run.lock`` (host, pid, start time) for the whole
-job, so a second process aimed at the same folder stops at once, naming the holder, instead of
-interleaving its writes and deleting the first one's checkpoints.
-
-This module imports nothing heavy: ``adapt/__init__`` registers the resolver, so it exists
-wherever configs are composed (``adapt.run``, the sweeper plugin, ``hydra.compose`` in tests).
+A run folder is named by its grid coordinates plus a hash of the overrides that change the result
+(``adapt.resolvers.run_suffix``), so the same command always finds its own folder. :func:`run_lock`
+holds ``<run_dir>/run.lock`` (host, pid, start time) for the whole job, so a second process aimed at
+the same folder stops at once, naming the holder, instead of interleaving its writes and deleting
+the first one's checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fnmatch
-import hashlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 log = logging.getLogger(__name__)
 
-RESOLVER = "adapt_run_suffix"
 LOCK_FILE = "run.lock"
 
 
 class RunLockedError(RuntimeError):
     """Another live process is running in this folder."""
-
-
-def _override_key(text: str) -> str:
-    """The key an override sets (``+a.b=1`` -> ``a.b``), without Hydra's parser: this runs per job."""
-    key = text.split("=", 1)[0].strip()
-    return key.lstrip("+~")
-
-
-def _excluded(key: str, patterns: Iterable[str]) -> bool:
-    return any(key == p or fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
-def run_suffix(overrides: Iterable[Any] | None, exclude: Iterable[Any] | None = None) -> str:
-    """``-<8 hex>`` identifying the overrides not in ``exclude``, or "" when none is left.
-
-    The overrides are sorted first, so their order on the command line does not matter.
-    """
-    patterns = [str(p) for p in (exclude or ())]
-    kept = sorted(str(o) for o in (overrides or ()) if not _excluded(_override_key(str(o)), patterns))
-    if not kept:
-        return ""
-    return "-" + hashlib.sha256("\n".join(kept).encode()).hexdigest()[:8]
-
-
-def register_resolver() -> None:
-    """Make ``${adapt_run_suffix:overrides,exclude_keys}`` available (idempotent)."""
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, run_suffix)
 
 
 # ------------------------------------------------------------------------------------------------

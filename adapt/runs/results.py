@@ -1,6 +1,6 @@
 """What a training job records in ``results.json``, the one record of a run.
 
-Schema in docs/DESIGN.md. The job merges its fields into the file (``adapt.record.update_record``,
+Schema in docs/DESIGN.md. The job merges its fields into the file (``adapt.runs.record.update_record``,
 atomic) after every evaluation with status "running", so a run killed mid-way still shows its
 history, and once more at the end with status "complete". Merging keeps what the sweep wrote when
 the job started (host, pid, start time, SLURM ids), and a resumed run's validation history and time
@@ -24,8 +24,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from adapt.record import RESULTS_FILE, composed_config, update_record
-from adapt.sweep import STALE_AT_START, normalize_shots
+from adapt.grid import normalize_shots
+from adapt.runs.record import RESULTS_FILE, composed_config, update_record
+from adapt.runs.sweep import STALE_AT_START
 
 
 def is_global_zero() -> bool:

@@ -27,99 +27,21 @@ import os
 import socket
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from adapt.record import RESULTS_FILE, composed_config, read_results, update_record
+from adapt.grid import (
+    DEFAULT_CANONICAL_SEED,
+    GridPoint,
+    point_skip_reason,
+)
+from adapt.runs.record import RESULTS_FILE, composed_config, read_results, update_record
 
 log = logging.getLogger(__name__)
 
-ZERO_MODE = "zero"
-ALL_SHOTS = "all"
-# The seed that the once-only runs (zero-shot, full data) use when the sweep yaml does not say;
-# 3 is the first of the official few-shot seeds 3/30/300 (glip_spec.md 4.5).
-DEFAULT_CANONICAL_SEED = 3
-
-Shots = int | str
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class GridPoint:
-    """One job of a sweep, in the units results.json and the report use."""
-
-    task: str
-    model: str
-    mode: str
-    shots: Shots
-    seed: int
-
-    @classmethod
-    def from_fields(cls, values: Mapping[str, Any]) -> GridPoint:
-        """A point from its five fields as a record or config holds them (shots normalised)."""
-        return cls(
-            task=str(values["task"]),
-            model=str(values["model"]),
-            mode=str(values["mode"]),
-            shots=normalize_shots(values["shots"]),
-            seed=int(values["seed"]),
-        )
-
-
-def normalize_shots(value: Any) -> Shots:
-    """A shots value in the one form results.json, the data layer and the report use: an int >= 0, or "all".
-
-    The config's `shots` is an int or "all"; records and older folder names also give strings
-    ("5", "'5'", "5shot"), which must compare equal when the report matches jobs to the grid.
-    """
-    if not isinstance(value, bool) and isinstance(value, int) and value >= 0:
-        return value
-    text = "" if isinstance(value, bool) else str(value).strip().strip("'\"").lower()
-    if text in ("all", "full"):
-        return ALL_SHOTS
-    digits = text.removeprefix("shots").removeprefix("shot").removesuffix("shots").removesuffix("shot")
-    if digits.isdigit():
-        return int(digits)
-    raise ValueError(
-        f"shots={value} is not a number of labelled images per class: "
-        "use 0 (zero-shot), a positive integer or all"
-    )
-
-
-def shots_sort_key(shots: Shots) -> tuple[int, int]:
-    """Order shots the way the paper's tables do: 0, 1, 3, 5, 10, then all."""
-    return (1, 0) if shots == ALL_SHOTS else (0, int(shots))
-
-
-# The order the report and the cost tables list modes in; others follow, by name.
-MODE_ORDER = (ZERO_MODE, "prompt", "linear", "full", "lora")
-
-
-def mode_sort_key(mode: str) -> tuple[int, str]:
-    """Order modes the way the paper's tables do: zero-shot, prompt, linear, full, then the rest."""
-    return (MODE_ORDER.index(mode), "") if mode in MODE_ORDER else (len(MODE_ORDER), mode)
-
-
-def point_skip_reason(point: GridPoint, canonical_seed: int = DEFAULT_CANONICAL_SEED) -> str | None:
-    """Why `point` is a redundant corner of the product grid, or None if it must run.
-
-    This is the single statement of the paper's protocol; the job and the report's expected
-    grid both use it, so they cannot disagree about which jobs should exist.
-    """
-    if point.mode == ZERO_MODE:
-        if point.shots != 0:
-            return "zero-shot is evaluated once per task and model, at shots=0"
-        if point.seed != canonical_seed:
-            return f"zero-shot is evaluated once per task and model, with seed {canonical_seed}"
-        return None
-    if point.shots == 0:
-        return "shots=0 is the zero-shot evaluation, which runs as mode=zero"
-    if point.shots == ALL_SHOTS and point.seed != canonical_seed:
-        return f"full-data runs once, with seed {canonical_seed}"
-    return None
 
 
 def _select(cfg: Any, key: str) -> Any:
@@ -174,7 +96,7 @@ def planned_points(
     The yaml's `hydra.sweeper.params`, then `overrides` (as on a command line, `mode=zero,lora`), are
     expanded by Hydra's own basic-sweeper code, as adapt's sweeper expands them, and collapsed by
     `point_skip_reason` with the yaml's canonical seed. A sweep that ran has its decisions in its
-    manifest (`adapt.manifest`); read that instead.
+    manifest (`adapt.runs.manifest`); read that instead.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -257,7 +179,7 @@ def record_start(run_dir: str | os.PathLike[str], cfg: DictConfig | Mapping[str,
     """Mark an attempt as started, so a job killed without a Python exception shows up as "running".
 
     `started_at`, `host`, `pid` and the SLURM ids stay in the file through the job's later writes
-    (they merge, see adapt.record). What an earlier attempt left is kept where a resumed run
+    (they merge, see adapt.runs.record). What an earlier attempt left is kept where a resumed run
     continues it (validation history, time so far) and dropped where it no longer holds: its error,
     and the fields only a complete run has.
     """
@@ -303,18 +225,44 @@ def skip_reason(
     (`+sweep=...`) are also skipped at redundant grid points (see `point_skip_reason`).
     `run_dir` defaults to the Hydra job's output folder.
     """
-    if in_sweep(cfg):
-        reason = point_skip_reason(grid_point(cfg), canonical_seed(cfg))
-        if reason is not None:
-            return f"redundant grid point: {reason}"
     if run_dir is None:
         run_dir = hydra_output_dir()
-    if run_dir is not None and not overwrite_requested(cfg) and completed(run_dir):
+    point = grid_point(cfg) if in_sweep(cfg) else None
+    return decide(point, run_dir, canonical_seed(cfg), overwrite_requested(cfg), evaluates_only(cfg))
+
+
+def decide(
+    point: GridPoint | None,
+    run_dir: str | os.PathLike[str] | None,
+    canonical: int = DEFAULT_CANONICAL_SEED,
+    overwrite: bool = False,
+    evaluates: bool | None = None,
+) -> str | None:
+    """The skip rule itself, on values: ``point`` (None outside a protocol sweep), the job's folder,
+    the canonical seed, whether overwriting was asked for, and whether the mode only evaluates.
+
+    The job (through :func:`skip_reason`) and adapt's sweeper (which knows these values without
+    composing every point) both ask here, so they cannot disagree.
+    """
+    if point is not None:
+        reason = point_skip_reason(point, canonical, evaluates)
+        if reason is not None:
+            return f"redundant grid point: {reason}"
+    if run_dir is not None and not overwrite and completed(run_dir):
         return (
             f"already complete: the result is in {Path(run_dir) / RESULTS_FILE} "
             "(overwrite=true runs it again and keeps the old result under previous/)"
         )
     return None
+
+
+def evaluates_only(cfg: DictConfig | Mapping[str, Any]) -> bool | None:
+    """Whether the job's mode trains nothing (``mode.evaluates_only``, set by ``conf/mode/zero.yaml``
+    and its variants; the job checks it against the mode's policy), or None when the mode does not
+    say (then the mode name ``zero`` decides). Read from the config, so the sweeper decides without
+    importing any model code."""
+    value = _select(cfg, "mode.evaluates_only")
+    return None if value is None else bool(value)
 
 
 def overwrite_requested(cfg: DictConfig | Mapping[str, Any]) -> bool:

@@ -22,10 +22,12 @@ Files are byte-reproducible (sorted JSON keys, one fixed safetensors metadata en
 weights give identical hashes; each file is written to a temporary name and renamed into place,
 tensors first (a config on disk always has its tensors).
 
-What a mode exports and how it is applied is its policy's (``ModePolicy.export_tensors`` and
-``apply_export``, adapt.train.modes); the metadata records the policy class (``policy``) so an
-export of a mode defined outside adapt loads too. Exports without it are applied by the policy of
-``conf/mode/<mode>.yaml``.
+This module is the format only: reading, writing and identifying files. What a mode exports and
+how it is applied is its policy's (``ModePolicy.export_tensors`` and ``apply_export``,
+:mod:`adapt.modes`); the metadata records the policy by its registered *name* (``policy``), which
+:func:`adapt.modes.policy_class` resolves without importing anything the file names. Exports of
+format 2 recorded a built-in class path there; those map to their names. Where the base weights come
+from (the HF cache, a download) is the detector's business: an export only says which file, by hash.
 """
 
 from __future__ import annotations
@@ -37,29 +39,31 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adapt.atomic import atomic_path, write_text
-from adapt.model import GLIP, GLIPConfig, TextFeatures
-from adapt.prompt import EncodedPrompt
-
-if TYPE_CHECKING:
-    from adapt.train.modes import ModePolicy
+from adapt.digest import file_sha256
+from adapt.model import GLIP, GLIPConfig
+from adapt.prompt import PACKAGED_TOKENIZERS, EncodedPrompt
 
 CONFIG_FILE = "adapter_config.json"
 TENSORS_FILE = "adapter_model.safetensors"
 ADAPT_FILE = "adapt_export.json"  # adapt's metadata of a LoRA export (adapter_config.json is peft's)
 FORMAT = "adapt-export"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the policy recorded by registered name (2: by class path)
 PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
 PEFT_ADAPTER = "default"
 # A single entry: safetensors writes its metadata map in a per-process random order, so two entries
 # would give identical weights different bytes. "pt" is what peft and transformers write.
 SAFETENSORS_METADATA = {"format": "pt"}
+
+
+# Format-1 exports recorded only the mode; ``linear_cached`` is the linear probe's cached variant.
+LEGACY_MODE_POLICIES = {"linear_cached": "linear"}
 
 
 class ExportError(ValueError):
@@ -79,11 +83,6 @@ def config_digest(cfg: GLIPConfig) -> str:
         arch[section] = {k: v for k, v in arch[section].items() if k not in keys}
     text = json.dumps(arch, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def checkpoint_identity(path: str | os.PathLike[str] | None, random_init_seed: int = 0) -> dict[str, Any]:
@@ -120,21 +119,28 @@ class Export:
     def mode(self) -> str:
         return str(self.config["mode"])
 
-    def policy(self) -> ModePolicy:
-        """The policy that applies this export: the recorded class, else the mode's configured one."""
-        from adapt.train.modes import build_policy
+    @property
+    def policy_name(self) -> str:
+        """The registered name of the policy that applies this export.
 
-        mode_cfg: dict[str, Any] = {"name": self.mode}
-        if self.config.get("policy"):
-            mode_cfg["policy"] = {"_target_": self.config["policy"]}
-        try:
-            return build_policy(mode_cfg)
-        except ValueError as exc:
-            raise ExportError(f"{self.metadata_file}: {exc}") from exc
+        Format 3 records it (``policy``); format 2 recorded a built-in class path there, which
+        :mod:`adapt.modes.registry` maps to its name; format 1 recorded only the mode, which is the
+        policy's name (``linear_cached`` was the linear probe's cached variant).
+        """
+        recorded = self.config.get("policy")
+        if recorded is None:
+            return LEGACY_MODE_POLICIES.get(self.mode, self.mode)
+        if not isinstance(recorded, str) or not recorded:
+            raise ExportError(f"{self.metadata_file}: 'policy' must be a mode name, got {recorded!r}")
+        return recorded
 
     @property
     def version(self) -> int:
         return int(self.config.get("version", 1))
+
+    @property
+    def tensors_file(self) -> Path:
+        return self.folder / TENSORS_FILE
 
     @property
     def metadata_file(self) -> Path:
@@ -165,18 +171,24 @@ class Export:
             char_spans=[(int(a), int(b)) for a, b in c.get("char_spans") or []],
         )
 
-    def glip_config(self, model_arch: Mapping[str, Any] | None = None) -> GLIPConfig:
+    def glip_config(
+        self, model_arch: Mapping[str, Any] | None = None, tokenizer: str | os.PathLike[str] | None = None
+    ) -> GLIPConfig:
         """The architecture to build, with the run's test-time input sizes and inference settings.
 
         ``model_arch`` (another model config's ``arch``) replaces the recorded architecture but not
         the recorded ``input`` and ``inference`` sections; a format-1 export recorded neither, so its
         model config's defaults apply (with a warning: detections may differ from the run's).
+        The tokenizer is one adapt ships, or ``tokenizer``, a folder the user passes: never a
+        folder the file names.
         """
         recorded = self.config.get("arch")
         if model_arch is None and recorded is None:
             raise ExportError(
                 f"{self.metadata_file}: records no architecture; name the model it was trained on"
             )
+        if recorded is not None and not isinstance(recorded, Mapping):
+            raise ExportError(f"{self.metadata_file}: 'arch' must be an object")
         arch = dict(model_arch if model_arch is not None else recorded)  # type: ignore[arg-type]
         if recorded is not None:
             arch["input"], arch["inference"] = recorded["input"], recorded["inference"]
@@ -188,6 +200,18 @@ class Export:
                 UserWarning,
                 stacklevel=2,
             )
+        language = dict(arch.get("language") or {})
+        if tokenizer is not None:
+            language["tokenizer"] = str(tokenizer)
+        else:
+            named = str(language.get("tokenizer", "bert-base-uncased"))
+            if named not in PACKAGED_TOKENIZERS:
+                raise ExportError(
+                    f"{self.metadata_file}: records tokenizer {named!r}, which adapt does not ship "
+                    f"(shipped: {', '.join(PACKAGED_TOKENIZERS)}); pass the tokenizer folder yourself "
+                    "(--tokenizer DIR, Detector.from_export(..., tokenizer=DIR))"
+                )
+        arch["language"] = language
         return GLIPConfig.from_dict(arch)
 
     # -- base weights ----------------------------------------------------------------------------
@@ -202,45 +226,19 @@ class Export:
         ck = self.checkpoint
         return int(ck["random_init_seed"]) if ck.get("file") is None and "random_init_seed" in ck else None
 
-    def base_weights(
-        self,
-        checkpoint: str | os.PathLike[str] | None = None,
-        model_cfg: Mapping[str, Any] | None = None,
-        download: bool = False,
-    ) -> Path | None:
-        """The weights file this export was trained on, checked by SHA-256 (None: the seeded random init).
+    def verify_weights(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` if it holds the base weights this export was trained on (SHA-256), else ExportError.
 
-        ``checkpoint`` is the user's file; without one, the model config's official checkpoint is
-        taken through :func:`adapt.download.require_checkpoint` when it is the recorded file. Any
-        other weights stop here with the hash they should have: a prompt trained on top of one
-        checkpoint means nothing on another.
+        A prompt trained on top of one checkpoint means nothing on another.
         """
         ck, where = self.checkpoint, self.metadata_file
-        if not ck:
-            raise ExportError(
-                f"{where}: records no base weights (base_model.checkpoint), so it cannot be checked"
-            )
         want, file = ck.get("sha256"), ck.get("file")
         if file is None:
-            if checkpoint is not None:
-                raise ExportError(
-                    f"{where}: trained on {self.base_name}'s random init (seed "
-                    f"{ck.get('random_init_seed')}), not on {checkpoint}; drop the checkpoint to use the "
-                    "weights it was trained on"
-                )
-            return None
-        if checkpoint is None:
-            official = (model_cfg or {}).get("checkpoint") or {}
-            if official.get("file") != file:
-                raise ExportError(
-                    f"{where}: trained on checkpoint {file} (sha256 {want}), which is not {self.base_name}'s "
-                    "official one; pass that file as --checkpoint (Detector.from_export(..., checkpoint=...))"
-                )
-            from adapt.download import require_checkpoint
-
-            checkpoint = require_checkpoint(model_cfg, download=download)  # type: ignore[arg-type]
-            assert checkpoint is not None
-        path = Path(checkpoint)
+            raise ExportError(
+                f"{where}: trained on {self.base_name}'s random init (seed {ck.get('random_init_seed')}), "
+                f"not on {path}; drop the checkpoint to use the weights it was trained on"
+            )
+        path = Path(path)
         if not path.is_file():
             raise ExportError(f"{path}: checkpoint file not found (the export needs {file}, sha256 {want})")
         got = file_sha256(path)
@@ -251,31 +249,19 @@ class Export:
             )
         return path
 
-    # -- applying --------------------------------------------------------------------------------
-
-    def text_features(self, batch_size: int = 1, device: torch.device | str | None = None) -> TextFeatures:
-        """The prompt's text features, ready for ``GLIP.forward(text=...)``: no BERT involved.
-
-        The offset is already inside, so the model must not add its own ``prompt_offset`` again.
-        """
-        if "prompt.hidden" not in self.tensors:
-            raise ExportError(f"a {self.mode} artifact holds no prompt embeddings")
-        hidden = self.tensors["prompt.hidden"].to(device)
-        embedded = self.tensors["prompt.embedded"].to(device)
-        mask = self.tensors["prompt.attention_mask"].to(device)
-        return TextFeatures(
-            hidden=hidden.expand(batch_size, -1, -1),
-            mask=mask.expand(batch_size, -1),
-            embedded=embedded.expand(batch_size, -1, -1),
-        )
-
     def check_model(self, model: GLIP) -> None:
-        """Refuse a base model whose architecture differs from the one the artifact was trained on."""
+        """Refuse a base model whose architecture differs from the one the artifact was trained on.
+
+        Where the tokenizer was read from (a user's folder instead of the recorded name) is not
+        architecture, so the digest is taken with the recorded tokenizer name.
+        """
         want = self.config.get("base_model", {}).get("arch_digest")
-        if want is not None and want != config_digest(model.cfg):
+        recorded = ((self.config.get("arch") or {}).get("language") or {}).get("tokenizer")
+        cfg = model.cfg if recorded is None else model.cfg.with_tokenizer(str(recorded))
+        if want is not None and want != config_digest(cfg):
             raise ExportError(
                 f"{self.metadata_file}: trained on {self.base_name} (arch {want}); "
-                f"this model's architecture digest is {config_digest(model.cfg)}"
+                f"this model's architecture digest is {config_digest(cfg)}"
             )
         if "prompt.hidden" in self.tensors:
             lang = model.cfg.language
@@ -286,50 +272,6 @@ class Export:
                         f"{self.folder / TENSORS_FILE}: tensor {name!r} has shape "
                         f"{list(self.tensors[name].shape)}, the model needs {want_shape}"
                     )
-
-    def apply(self, model: GLIP) -> GLIP:
-        """Load the trained tensors onto ``model`` the way the export's mode does (LoRA: adapters first)."""
-        self.check_model(model)
-        return self.policy().apply_export(self, model)
-
-    def apply_peft(self, model: GLIP) -> GLIP:
-        """peft's own loader: inject the recorded LoraConfig, then set the adapter state dict."""
-        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-
-        inject_adapter_in_model(
-            LoraConfig.from_pretrained(str(self.folder)), model, adapter_name=PEFT_ADAPTER
-        )
-        try:
-            result = set_peft_model_state_dict(model, self.tensors, adapter_name=PEFT_ADAPTER)
-        except RuntimeError as exc:  # load_state_dict's size mismatches
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise ExportError(f"{self.folder / TENSORS_FILE}: does not fit the model: {first}") from exc
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if result.unexpected_keys or missing:
-            raise ExportError(
-                f"{self.folder / TENSORS_FILE}: adapter tensors do not match the model "
-                f"(unexpected {list(result.unexpected_keys)[:3]}, missing {missing[:3]})"
-            )
-        return model
-
-
-def load_named_tensors(export: Export, model: GLIP, tensors: Mapping[str, Tensor]) -> GLIP:
-    """Copy ``tensors`` (adapt parameter names) into ``model``; each mismatch names the file."""
-    params = dict(model.named_parameters())
-    where = export.folder / TENSORS_FILE
-    unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise ExportError(f"{where}: tensors {unknown[:5]} are not parameters of the model")
-    for name, value in tensors.items():
-        if value.shape != params[name].shape:
-            raise ExportError(
-                f"{where}: tensor {name!r} has shape {list(value.shape)}, "
-                f"the model's parameter has {list(params[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
-    return model
 
 
 def _save_tensors(path: Path, tensors: Mapping[str, Tensor]) -> dict[str, list[int]]:
@@ -348,7 +290,11 @@ def save_export(
     peft_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the files (tensors first). With ``peft_config`` the tensors are peft's state dict and
-    ``adapter_config.json`` is peft's; adapt's metadata then goes to ``adapt_export.json``."""
+    ``adapter_config.json`` is peft's; adapt's metadata then goes to ``adapt_export.json``.
+
+    ``mode`` is the run's mode (``linear_cached``, say); ``extra["policy"]`` the registered name of
+    the policy that applies the export (``linear``).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shapes = _save_tensors(out / TENSORS_FILE, tensors)
@@ -381,50 +327,6 @@ def prompt_fields(prompt: EncodedPrompt, tokenizer: str) -> dict[str, Any]:
         "input_ids": prompt.input_ids.tolist(),
         "attention_mask": prompt.attention_mask.tolist(),
     }
-
-
-def peft_files(model: GLIP, trainable: Mapping[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """peft's adapter_config.json content and state dict, as ``PeftModel.save_pretrained`` writes them."""
-    from peft import get_peft_model_state_dict
-
-    peft_config = getattr(model, "peft_config", {}).get(PEFT_ADAPTER)
-    if peft_config is None:
-        raise ExportError("a lora export needs the model's peft adapters (adapt.train.modes.inject_lora)")
-    config = peft_config.to_dict()
-    # JSON has no sets; sorted lists keep the bytes stable. Saved adapters are for inference.
-    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
-    config["inference_mode"] = True
-    config["peft_type"] = str(getattr(config["peft_type"], "value", config["peft_type"]))
-    state = get_peft_model_state_dict(model, state_dict=dict(trainable), adapter_name=PEFT_ADAPTER)
-    return config, {PEFT_PREFIX + k: v for k, v in state.items()}
-
-
-@torch.no_grad()
-def export_run(
-    out_dir: str | os.PathLike[str],
-    model: GLIP,
-    mode: str | ModePolicy,
-    trainable: Mapping[str, Tensor],
-    prompt: EncodedPrompt,
-    base_model: Mapping[str, Any],
-    task: str | None = None,
-) -> Path:
-    """Export a trained run: the tensors ``mode``'s policy exports (a mode name: its configured policy).
-
-    ``model.cfg`` must be the configuration the run tested with: its ``input`` and ``inference``
-    sections are what reproduces the run's detections.
-    """
-    from adapt.train.modes import ModePolicy, build_policy, class_path
-
-    policy = mode if isinstance(mode, ModePolicy) else build_policy({"name": mode})
-    extra: dict[str, Any] = {
-        "task": task,
-        "policy": class_path(policy),
-        "arch": model.cfg.to_dict(),
-        **prompt_fields(prompt, model.cfg.language.tokenizer),
-    }
-    tensors, peft_config = policy.export_tensors(model, trainable, prompt)
-    return save_export(out_dir, policy.name, tensors, base_model, extra, peft_config)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
