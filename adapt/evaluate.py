@@ -6,7 +6,8 @@ and returned as `summary`. `detections_to_coco` turns model outputs into COCO re
 official evaluator does: boxes back to the original image size, xywh with the +1 convention
 (w = x2 - x1 + 1), contiguous labels back to json category ids.
 
-`python -m adapt.evaluate --gt FILE --dt FILE [--max-dets N]` evaluates a results file.
+`python -m adapt.evaluate --gt FILE --dt FILE [--max-dets N]` evaluates a results file;
+`python -m adapt.evaluate grounding|refexp ...` the grounding metrics (`adapt.metrics`).
 """
 
 from __future__ import annotations
@@ -195,7 +196,16 @@ def _print_report(result: Mapping[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; see the module docstring."""
+    """CLI entry point; see the module docstring. `grounding` / `refexp` first: those metrics' CLIs."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["grounding"]:
+        from adapt.metrics import grounding
+
+        return grounding.main(args_list[1:])
+    if args_list[:1] == ["refexp"]:
+        from adapt.metrics import refexp
+
+        return refexp.main(args_list[1:])
     parser = argparse.ArgumentParser(prog="python -m adapt.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gt", required=True, help="ground-truth COCO annotation file")
     parser.add_argument("--dt", required=True, help="detections: a COCO results list (json)")
