@@ -2,6 +2,8 @@
 
 `python -m adapt.evaluate --gt FILE --dt FILE [--max-dets N] [--json] [--out FILE]` prints AP@[.5:.95],
 AP50, AP75, the size breakdown and per-category AP in percent (adapt.metrics.coco, COCOeval).
+`python -m adapt.evaluate grounding|refexp ...` scores phrase grounding (Flickr30k Entities
+Recall@k) and referring expressions (precision@k), adapt.metrics.grounding / refexp.
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ def _print_report(result: Mapping[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; see the module docstring."""
+    """CLI entry point; see the module docstring. `grounding` / `refexp` first: those metrics' CLIs."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["grounding"]:
+        from adapt.metrics import grounding
+
+        return grounding.main(args_list[1:])
+    if args_list[:1] == ["refexp"]:
+        from adapt.metrics import refexp
+
+        return refexp.main(args_list[1:])
     parser = argparse.ArgumentParser(prog="python -m adapt.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gt", required=True, help="ground-truth COCO annotation file")
     parser.add_argument("--dt", required=True, help="detections: a COCO results list (json)")
