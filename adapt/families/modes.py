@@ -1,0 +1,143 @@
+"""What each adaptation mode trains and runs in eval mode, for a detector family.
+
+The same five modes as GLIP's (``adapt.train.modes``), with the family's own parameter groups
+(``DetectorFamily.linear_modules``, ``lora_targets``, ``vision_modules``, ``text_encoder``; each
+family's docstring says what its groups are and why):
+
+=========  ============================================  ==============================================
+mode       trains                                        eval mode
+=========  ============================================  ==============================================
+zero       nothing                                       everything
+prompt     ``prompt_offset.offset`` (added here)         everything (nothing stochastic)
+linear     the family's ``linear_modules``               everything (the probe reads fixed features)
+full       every parameter                               nothing (dropout, drop-path on)
+lora       peft adapters on ``lora_targets`` (added)     the vision trunk and the text encoder
+=========  ============================================  ==============================================
+
+Names are the family's ``named_parameters()`` (``hf.`` + transformers' names, ``prompt_offset.offset``),
+deduplicated as torch deduplicates tied weights (Grounding DINO's shared box head appears once, under
+its first name). A mode policy calls :func:`prepare` and :func:`trains_parameter` where GLIP's
+policies add their parameters and name their trainable set, and :func:`set_module_modes` after
+every ``.train()``; :func:`apply_mode` does all three for a script or a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from adapt.families.base import DetectorFamily
+from adapt.prompt import EncodedPrompt
+
+MODES = ("zero", "prompt", "linear", "full", "lora")
+HF = "hf."
+OFFSET = "prompt_offset.offset"
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} for a detector family; known: {list(MODES)}")
+
+
+def prepare(
+    family: DetectorFamily,
+    mode: str,
+    prompt: EncodedPrompt | None = None,
+    lora: Mapping[str, Any] | None = None,
+) -> None:
+    """Add what the mode trains but the model lacks: the prompt offset (``prompt``; OWLv2 needs the
+    task's prompt, one row per class) or the LoRA adapters (``lora``: ``r``, ``alpha``,
+    ``dropout``, ``target_modules`` overriding the family's regex)."""
+    check_mode(mode)
+    if mode == "prompt":
+        family.enable_prompt_tuning(prompt)
+    elif mode == "lora":
+        inject_lora(family, lora or {})
+
+
+def linear_parameter_names(family: DetectorFamily) -> set[str]:
+    """Names of the parameters under the family's ``linear_modules`` (tied copies included once)."""
+    ids = set()
+    for path in family.linear_modules:
+        ids.update(id(p) for p in family.hf.get_submodule(path).parameters())
+    return {name for name, p in family.named_parameters() if id(p) in ids}
+
+
+def trains_parameter(family: DetectorFamily, mode: str, name: str, linear: set[str] | None = None) -> bool:
+    """Whether ``name`` (a ``family.named_parameters()`` name) trains in ``mode`` (after :func:`prepare`).
+
+    ``linear``: :func:`linear_parameter_names`, passed in when asking about many names."""
+    check_mode(mode)
+    if mode == "zero":
+        return False
+    if mode == "prompt":
+        return name == OFFSET
+    if mode == "linear":
+        return name in (linear if linear is not None else linear_parameter_names(family))
+    if mode == "lora":
+        return "lora_" in name
+    return name != OFFSET  # full
+
+
+def eval_modules(family: DetectorFamily, mode: str) -> tuple[str, ...]:
+    """Submodules (family paths) put back in eval mode after every ``.train()``."""
+    check_mode(mode)
+    if mode in ("zero", "prompt", "linear"):
+        return ("hf",)
+    if mode == "lora":
+        return tuple(HF + path for path in (*family.vision_modules, family.text_encoder))
+    return ()
+
+
+def set_module_modes(family: DetectorFamily, mode: str) -> None:
+    """Re-apply the mode's eval-mode modules (call after ``family.train()``)."""
+    if not family.training:
+        return
+    for path in eval_modules(family, mode):
+        try:
+            module = family.get_submodule(path)
+        except AttributeError:
+            continue  # a text encoder a prompt export replaced
+        if module is not None:
+            module.eval()
+
+
+def apply_mode(
+    family: DetectorFamily,
+    mode: str,
+    prompt: EncodedPrompt | None = None,
+    lora: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Prepare, set ``requires_grad`` to the mode's set, put the frozen parts in eval mode.
+
+    Returns the trainable names in ``named_parameters`` order."""
+    prepare(family, mode, prompt, lora)
+    linear = linear_parameter_names(family) if mode == "linear" else None
+    family.requires_grad_(False)
+    for name, param in family.named_parameters():
+        param.requires_grad_(trains_parameter(family, mode, name, linear))
+    set_module_modes(family, mode)
+    return [n for n, p in family.named_parameters() if p.requires_grad]
+
+
+def inject_lora(family: DetectorFamily, lora: Mapping[str, Any]) -> None:
+    """peft LoRA adapters on the transformers model (``family.hf``, so adapter names are
+    transformers' and peft's own tooling loads an export onto the plain transformers model).
+
+    Idempotent: a model that already carries adapters is left as it is."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if any("lora_" in n for n, _ in family.hf.named_parameters()):
+        return
+    target = lora.get("target_modules") or family.lora_targets
+    config = LoraConfig(
+        r=int(lora.get("r", 8)),
+        lora_alpha=int(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=target if isinstance(target, str) else list(target),
+        bias="none",
+    )
+    inject_adapter_in_model(config, family.hf)
+    if not any("lora_" in n for n, _ in family.hf.named_parameters()):
+        raise ValueError(f"lora target_modules={target!r} matched no linear layer of {family.name}")
+    family.lora_config = config
