@@ -59,7 +59,8 @@ def decode(
     label_ids = torch.tensor(labels, dtype=torch.long, device=logits.device)
     if settings.decoding == "transformers":
         scores = probs.max(-1).values  # [B, N]
-        best = torch.stack([probs[..., p].max(-1).values for p in positions], -1).argmax(-1)  # [B, N]
+        # The class choice compares logits: probabilities saturate to 1.0 and would tie.
+        best = torch.stack([logits[..., p].max(-1).values for p in positions], -1).argmax(-1)  # [B, N]
         out = []
         for i in range(logits.shape[0]):
             keep = scores[i] > settings.threshold

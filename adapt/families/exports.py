@@ -12,7 +12,9 @@ The tensors only; the folder layout, metadata and atomic writing are adapt's exp
   also load onto the plain transformers model with ``load_state_dict(strict=False)``.
 * ``lora``: peft's own format, ``LoraConfig.to_dict()`` and ``get_peft_model_state_dict`` under
   ``base_model.model.`` (what ``PeftModel.save_pretrained`` writes), for the transformers model:
-  ``PeftModel.from_pretrained(GroundingDinoForObjectDetection.from_pretrained(...), export)``.
+  ``PeftModel.from_pretrained(model, export)`` (for Grounding DINO after
+  ``model.config.tie_word_embeddings = False``: peft's tied-embedding check otherwise stops on a
+  config that declares tied weights but has no input embeddings; the ties are made at load time).
 
 An export applies only to the weights it was trained on (:func:`check_base_weights`).
 """
@@ -76,8 +78,10 @@ def export_tensors(
             if isinstance(config["target_modules"], set)
             else config["target_modules"]
         )
-        state = get_peft_model_state_dict(family.hf)
-        return {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items()}, config
+        state = get_peft_model_state_dict(family)
+        return {
+            PEFT_PREFIX + k.removeprefix(HF): v.detach().cpu().contiguous() for k, v in state.items()
+        }, config
     params = dict(family.named_parameters())
     return {name.removeprefix(HF): params[name].detach().cpu().contiguous() for name in trainable}, None
 
@@ -113,8 +117,8 @@ def apply_export(
                 "target_modules": config.target_modules,
             },
         )
-        state = {k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
-        result = set_peft_model_state_dict(family.hf, state)
+        state = {HF + k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
+        result = set_peft_model_state_dict(family, state)
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
             raise FamilyExportError(f"the LoRA export holds tensors this detector lacks: {unexpected[:3]}")

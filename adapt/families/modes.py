@@ -23,6 +23,7 @@ every ``.train()``; :func:`apply_mode` does all three for a script or a test.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,23 +122,28 @@ def apply_mode(
 
 
 def inject_lora(family: DetectorFamily, lora: Mapping[str, Any]) -> None:
-    """peft LoRA adapters on the transformers model (``family.hf``, so adapter names are
-    transformers' and peft's own tooling loads an export onto the plain transformers model).
+    """peft LoRA adapters on the linears of the transformers model that ``target_modules`` (a regex
+    over transformers' module names, default the family's ``lora_targets``) full-matches.
 
-    Idempotent: a model that already carries adapters is left as it is."""
+    peft injects through the family, not the transformers model itself: transformers' Grounding DINO
+    declares tied weights and ``tie_word_embeddings`` without an input embedding, which stops peft's
+    tied-embedding check. The adapters still sit in transformers' modules, under transformers' names
+    (``hf.`` first); exports drop that prefix, so peft's own tooling loads them onto the plain
+    transformers model. Idempotent: a model that already carries adapters is left as it is."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if any("lora_" in n for n, _ in family.hf.named_parameters()):
         return
     target = lora.get("target_modules") or family.lora_targets
-    config = LoraConfig(
-        r=int(lora.get("r", 8)),
-        lora_alpha=int(lora.get("alpha", 16)),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=target if isinstance(target, str) else list(target),
-        bias="none",
-    )
-    inject_adapter_in_model(config, family.hf)
+    targets = target if isinstance(target, str) else "|".join(re.escape(t) for t in target)
+    settings = {
+        "r": int(lora.get("r", 8)),
+        "lora_alpha": int(lora.get("alpha", 16)),
+        "lora_dropout": float(lora.get("dropout", 0.0)),
+        "bias": "none",
+    }
+    inject_adapter_in_model(LoraConfig(target_modules=rf"{re.escape(HF)}(?:{targets})", **settings), family)
     if not any("lora_" in n for n, _ in family.hf.named_parameters()):
         raise ValueError(f"lora target_modules={target!r} matched no linear layer of {family.name}")
-    family.lora_config = config
+    # What an export records: the same adapters as peft sees them on the transformers model.
+    family.lora_config = LoraConfig(target_modules=targets, **settings)

@@ -48,9 +48,9 @@ def test_labels_are_the_class_owning_the_best_token(name: str):
     with torch.no_grad():
         raw = fam.run(batch, prompt, fam.encode_text(prompt))
         dets = fam(batch, prompt)[0]
-    probs = raw.logits[0].sigmoid()
+    logits = raw.logits[0]
     per_class = torch.stack(
-        [probs[:, prompt.label_to_tokens[label]].max(-1).values for label in prompt.labels], -1
+        [logits[:, prompt.label_to_tokens[label]].max(-1).values for label in prompt.labels], -1
     )
     expected = torch.tensor(prompt.labels)[per_class.argmax(-1)]
     assert torch.equal(dets["labels"], expected)
