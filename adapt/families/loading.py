@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig
+from transformers.utils.hub import cached_file, extract_commit_hash
 
 from adapt.families.base import DetectorFamily
 from adapt.families.registry import family_class, family_for_model_type
@@ -42,8 +43,9 @@ def build_family(spec: FamilySpec | Mapping[str, Any] | str) -> DetectorFamily:
     if not isinstance(spec, FamilySpec):
         spec = FamilySpec.from_config(spec)
     cls = family_class(spec.family)
+    commit = None
     if spec.pretrained:
-        hf, processor = _pretrained(cls, spec)
+        hf, processor, commit = _pretrained(cls, spec)
     else:
         hf, processor = _random_init(cls, spec)
     family = cls(hf.eval(), processor, spec.inference)
@@ -55,7 +57,7 @@ def build_family(spec: FamilySpec | Mapping[str, Any] | str) -> DetectorFamily:
         "model_type": hf.config.model_type,
         "repo": spec.repo if spec.path is None else None,
         "revision": spec.revision,
-        "commit": getattr(hf.config, "_commit_hash", None),
+        "commit": commit,
         "path": spec.path,
         "random_init_seed": None if spec.pretrained else spec.seed,
         "weights_sha256": weights_digest(hf),
@@ -82,7 +84,8 @@ def family_from_folder(
     )
 
 
-def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any]:
+def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, str | None]:
+    """Model, processor and, for a hub repo, the commit its files came from."""
     source = spec.source
     assert source is not None
     where = f"model {spec.name!r}"
@@ -115,7 +118,10 @@ def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any]:
             f"{where}: {source!r} lacks weights for {len(missing)} tensors (e.g. {missing[:3]}); "
             "it is not a complete checkpoint of this architecture"
         )
-    return hf, processor
+    commit = None
+    if spec.path is None:
+        commit = extract_commit_hash(cached_file(source, "config.json", **hub), None)
+    return hf, processor, commit
 
 
 def _random_init(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any]:
