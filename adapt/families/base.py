@@ -3,7 +3,7 @@
 adapt's modes, protocol and exports were written for GLIP; a *family* is anything else they can
 drive. The seam is what both sides need and no more:
 
-* **build** from a model config (``adapt.families.registry.build_family``): random init, a hub
+* **build** from a model config (``adapt.families.loading.build_family``): random init, a hub
   repository or a local ``save_pretrained`` folder;
 * **encode a prompt** in the family's own format (:meth:`DetectorFamily.encode_prompt`, chunks
   through :meth:`encode_prompts`), into the same :class:`~adapt.prompt.EncodedPrompt` GLIP uses;
@@ -21,7 +21,8 @@ processors, matcher and loss terms; what adapt adds is the text-feature seam, ba
 cannot affect each other, and class lists longer than the text limit.
 
 Coordinates: images go in as PIL images or [3, H, W] tensors; targets and detections are xyxy boxes
-in those images' own pixels, with 1-based global labels (as GLIP's dataset and ``Detections`` use).
+in those images' own pixels, with 1-based global labels. Boxes are transformers' (width = x2 - x1);
+GLIP's legacy "+1" width does not apply.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from transformers.image_transforms import corners_to_center_format
 
 from adapt.families.captions import chunk_classes
 from adapt.families.decoding import decode, merge
-from adapt.families.spec import InferenceSettings
+from adapt.families.spec import EVALUATION, InferenceSettings
 from adapt.families.text_features import PromptOffset
 from adapt.prompt import EncodedPrompt
 
@@ -96,9 +97,11 @@ class DetectorFamily(nn.Module, ABC):
     # Modules of the frozen trunk (eval mode in lora); the text encoder is the one an export drops.
     vision_modules: ClassVar[tuple[str, ...]]
     text_encoder: ClassVar[str]
-    # What `linear` trains (the subclass docstring says why) and where `lora` puts adapters (a
-    # regex full-matched against module names, peft's rule).
+    # What `linear` trains (modules or parameters; the subclass docstring says why), what `full`
+    # leaves frozen, and where `lora` puts adapters (a regex full-matched against module names,
+    # peft's rule).
     linear_modules: ClassVar[tuple[str, ...]]
+    frozen_in_full: ClassVar[tuple[str, ...]] = ()
     lora_targets: ClassVar[str]
     default_threshold: ClassVar[float]
 
@@ -106,7 +109,8 @@ class DetectorFamily(nn.Module, ABC):
         super().__init__()
         self.hf = hf
         self.processor = processor
-        self.settings = settings
+        self.settings = settings  # predict's decoding (the model config's `inference:`)
+        self.evaluation = EVALUATION  # the protocol's decoding for AP (`evaluation:`)
         self.prompt_offset: PromptOffset | None = None
         self.text_encoder_dropped = False
         self.lora_config: Any = None  # peft's LoraConfig once adapters are injected (modes.inject_lora)
@@ -174,6 +178,19 @@ class DetectorFamily(nn.Module, ABC):
     @abstractmethod
     def drop_text_encoder(self) -> None:
         """Free the text encoder: a prompt export's stored features replace it from now on."""
+
+    def eval_modules(self, mode: str) -> tuple[str, ...]:
+        """Submodules (paths in this module) a mode keeps in eval mode after every ``.train()``.
+
+        The transformers families: ``zero``, ``prompt`` and ``linear`` run everything in eval mode
+        (nothing they train is stochastic, and a probe reads fixed features), ``full`` nothing (dropout
+        and drop-path as transformers trains), ``lora`` the vision trunk and the text encoder (GLIP's
+        LoRA semantics: adapters in the fusion and decoder train with their dropout on)."""
+        if mode in ("zero", "prompt", "linear"):
+            return ("hf",)
+        if mode == "lora":
+            return tuple(f"hf.{path}" for path in (*self.vision_modules, self.text_encoder))
+        return ()
 
     # -- images -------------------------------------------------------------------------------------
 
@@ -273,12 +290,14 @@ class DetectorFamily(nn.Module, ABC):
         prompt: EncodedPrompt,
         text: Tensor | None = None,
         targets: Sequence[Mapping[str, Tensor]] | None = None,
+        settings: InferenceSettings | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """transformers' losses (``targets`` given; ``"total"`` is the weighted sum transformers
         optimises) or detections per image (boxes in the images' own pixels, global labels).
 
         ``text``: the prompt's text features computed before (``encode_text``), else they are
-        computed now; the prompt offset is added either way.
+        computed now; the prompt offset is added either way. ``settings``: the decoding (default
+        ``self.settings``; the protocol passes ``self.evaluation``).
         """
         features = self.text_features(prompt, text)
         batch = batch.to(self.device)
@@ -296,7 +315,7 @@ class DetectorFamily(nn.Module, ABC):
             out.boxes,
             prompt.label_to_tokens,
             self.box_scale(batch.sizes).to(out.boxes.device),
-            self.settings,
+            settings or self.settings,
         )
 
     @torch.no_grad()
@@ -307,9 +326,12 @@ class DetectorFamily(nn.Module, ABC):
         prompts: Sequence[EncodedPrompt] | None = None,
         text: Tensor | None = None,
         batch_size: int = 4,
+        settings: InferenceSettings | None = None,
     ) -> list[dict[str, Tensor]]:
         """Detections of every image, in input order, for ``class_names`` (chunked to fit) or given
-        ``prompts`` (``text``: a single prompt's stored features, e.g. a prompt export's)."""
+        ``prompts`` (``text``: a single prompt's stored features, e.g. a prompt export's).
+        ``settings``: the decoding (default ``self.settings``)."""
+        settings = settings or self.settings
         if prompts is None:
             if class_names is None:
                 raise ValueError("detect needs `class_names` or `prompts`")
@@ -326,10 +348,12 @@ class DetectorFamily(nn.Module, ABC):
             raise ValueError("this detector's text encoder was replaced by a prompt export: pass its `text`")
         # Raw text features once per prompt; forward adds the prompt offset.
         texts = [text] if text is not None else [self.encode_text(p) for p in prompts]
-        limit = self.settings.num_select if self.settings.decoding == "topk" else None
+        limit = settings.num_select if settings.decoding == "topk" else None
         results: list[dict[str, Tensor] | None] = [None] * len(images)
         for batch in self.preprocess(images, max_batch=batch_size):
-            per_prompt = [self.forward(batch, p, text=t) for p, t in zip(prompts, texts, strict=True)]
+            per_prompt = [
+                self.forward(batch, p, text=t, settings=settings) for p, t in zip(prompts, texts, strict=True)
+            ]
             for j, i in enumerate(batch.index):
                 dets = merge([d[j] for d in per_prompt], limit)  # type: ignore[index]
                 results[i] = {k: v.cpu() for k, v in dets.items()}

@@ -49,6 +49,7 @@ def build_family(spec: FamilySpec | Mapping[str, Any] | str) -> DetectorFamily:
     else:
         hf, processor = _random_init(cls, spec)
     family = cls(hf.eval(), processor, spec.inference)
+    family.evaluation = spec.evaluation
     if spec.loss:
         family.set_loss_weights(spec.loss)
     family.identity = {

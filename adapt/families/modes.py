@@ -5,12 +5,12 @@ The same five modes as GLIP's (``adapt.train.modes``), with the family's own par
 family's docstring says what its groups are and why):
 
 =========  ============================================  ==============================================
-mode       trains                                        eval mode
+mode       trains                                        eval mode (``DetectorFamily.eval_modules``)
 =========  ============================================  ==============================================
 zero       nothing                                       everything
 prompt     ``prompt_offset.offset`` (added here)         everything (nothing stochastic)
 linear     the family's ``linear_modules``               everything (the probe reads fixed features)
-full       every parameter                               nothing (dropout, drop-path on)
+full       all but ``frozen_in_full`` (none here)        nothing (dropout, drop-path on)
 lora       peft adapters on ``lora_targets`` (added)     the vision trunk and the text encoder
 =========  ============================================  ==============================================
 
@@ -56,45 +56,51 @@ def prepare(
         inject_lora(family, lora or {})
 
 
-def linear_parameter_names(family: DetectorFamily) -> set[str]:
-    """Names of the parameters under the family's ``linear_modules`` (tied copies included once)."""
+def parameter_names(family: DetectorFamily, paths: tuple[str, ...]) -> set[str]:
+    """Names of the parameters at or under ``paths`` (modules or parameters of ``family.hf``),
+    tied copies included once, under the name ``named_parameters`` gives them."""
     ids = set()
-    for path in family.linear_modules:
-        ids.update(id(p) for p in family.hf.get_submodule(path).parameters())
+    for path in paths:
+        try:
+            ids.update(id(p) for p in family.hf.get_submodule(path).parameters())
+        except AttributeError:
+            ids.add(id(family.hf.get_parameter(path)))
     return {name for name, p in family.named_parameters() if id(p) in ids}
 
 
-def trains_parameter(family: DetectorFamily, mode: str, name: str, linear: set[str] | None = None) -> bool:
+def mode_group(family: DetectorFamily, mode: str) -> set[str]:
+    """The names a mode's rule reads: what ``linear`` trains (``linear_modules``), what ``full``
+    leaves frozen (``frozen_in_full``); empty for the other modes."""
+    if mode == "linear":
+        return parameter_names(family, family.linear_modules)
+    if mode == "full":
+        return parameter_names(family, family.frozen_in_full)
+    return set()
+
+
+def trains_parameter(family: DetectorFamily, mode: str, name: str, group: set[str] | None = None) -> bool:
     """Whether ``name`` (a ``family.named_parameters()`` name) trains in ``mode`` (after :func:`prepare`).
 
-    ``linear``: :func:`linear_parameter_names`, passed in when asking about many names."""
+    ``group``: :func:`mode_group`, passed in when asking about many names."""
     check_mode(mode)
     if mode == "zero":
         return False
     if mode == "prompt":
         return name == OFFSET
-    if mode == "linear":
-        return name in (linear if linear is not None else linear_parameter_names(family))
     if mode == "lora":
         return "lora_" in name
-    return name != OFFSET  # full
-
-
-def eval_modules(family: DetectorFamily, mode: str) -> tuple[str, ...]:
-    """Submodules (family paths) put back in eval mode after every ``.train()``."""
-    check_mode(mode)
-    if mode in ("zero", "prompt", "linear"):
-        return ("hf",)
-    if mode == "lora":
-        return tuple(HF + path for path in (*family.vision_modules, family.text_encoder))
-    return ()
+    group = group if group is not None else mode_group(family, mode)
+    if mode == "linear":
+        return name in group
+    return name != OFFSET and name not in group  # full
 
 
 def set_module_modes(family: DetectorFamily, mode: str) -> None:
-    """Re-apply the mode's eval-mode modules (call after ``family.train()``)."""
+    """Re-apply the mode's eval-mode modules (``family.eval_modules``; call after ``.train()``)."""
+    check_mode(mode)
     if not family.training:
         return
-    for path in eval_modules(family, mode):
+    for path in family.eval_modules(mode):
         try:
             module = family.get_submodule(path)
         except AttributeError:
@@ -113,10 +119,10 @@ def apply_mode(
 
     Returns the trainable names in ``named_parameters`` order."""
     prepare(family, mode, prompt, lora)
-    linear = linear_parameter_names(family) if mode == "linear" else None
+    group = mode_group(family, mode)
     family.requires_grad_(False)
     for name, param in family.named_parameters():
-        param.requires_grad_(trains_parameter(family, mode, name, linear))
+        param.requires_grad_(trains_parameter(family, mode, name, group))
     set_module_modes(family, mode)
     return [n for n, p in family.named_parameters() if p.requires_grad]
 

@@ -56,6 +56,11 @@ class InferenceSettings:
             raise FamilyConfigError(f"inference.num_select={self.num_select!r}: expected a positive count")
 
 
+# How the protocol decodes for AP: every (query, class) pair ranked, the best 300 per image kept
+# (IDEA's COCO post-processor, mmdetection's GroundingDINOHead), nothing thresholded away.
+EVALUATION = InferenceSettings(decoding="topk", threshold=0.0, num_select=300)
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """One family model config. ``name`` is the config's name (``grounding_dino_t``)."""
@@ -70,6 +75,7 @@ class FamilySpec:
     tokenizer: str | None = None
     seed: int = 0
     inference: InferenceSettings = field(default_factory=InferenceSettings)
+    evaluation: InferenceSettings = field(default_factory=lambda: EVALUATION)
     loss: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -97,6 +103,7 @@ class FamilySpec:
             "tokenizer",
             "seed",
             "inference",
+            "evaluation",
             "loss",
         }
         unknown = sorted(set(cfg) - known)
@@ -121,11 +128,10 @@ class FamilySpec:
         seed = cfg.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise FamilyConfigError(f"{where}: seed={seed!r} must be an integer")
-        inference = _section(cfg, "inference", where)
-        try:
-            settings = InferenceSettings(**inference)
-        except TypeError as exc:
-            raise FamilyConfigError(f"{where}: inference: {exc}") from exc
+        settings, evaluation = (
+            _settings(cfg, key, where, default)
+            for key, default in (("inference", None), ("evaluation", EVALUATION))
+        )
         loss = _section(cfg, "loss", where)
         return cls(
             name=name,
@@ -138,6 +144,7 @@ class FamilySpec:
             tokenizer=tokenizer,
             seed=seed,
             inference=settings,
+            evaluation=evaluation,
             loss={str(k): float(v) for k, v in loss.items()},
         )
 
@@ -164,6 +171,20 @@ def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
+
+
+def _settings(
+    cfg: Mapping[str, Any], key: str, where: str, default: InferenceSettings | None
+) -> InferenceSettings:
+    section = _section(cfg, key, where)
+    if not section and default is not None:
+        return default
+    try:
+        return InferenceSettings(**section)
+    except TypeError as exc:
+        raise FamilyConfigError(f"{where}: {key}: {exc}") from exc
+    except FamilyConfigError as exc:
+        raise FamilyConfigError(f"{where}: {key}.{str(exc).removeprefix('inference.')}") from exc
 
 
 def _section(cfg: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:

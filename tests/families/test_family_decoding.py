@@ -106,3 +106,30 @@ def test_given_text_stands_in_and_always_puts_the_encoder_back():
     ):
         owner.text(torch.zeros(1, 5, dtype=torch.long))
     assert owner.text is original
+
+
+def test_the_protocols_decoding_ranks_every_query_class_pair():
+    from tests.families.conftest import family, image
+
+    fam = family("grounding_dino_mini")
+    assert fam.evaluation == InferenceSettings("topk", threshold=0.0, num_select=300)
+    dets = fam.detect([image(0, (48, 80))], ["fish", "jellyfish", "sea lion"], settings=fam.evaluation)[0]
+    assert len(dets["scores"]) == fam.hf.config.num_queries * 3  # 90 pairs, fewer than 300
+    assert torch.equal(dets["scores"], dets["scores"].sort(descending=True).values)
+    assert set(dets["labels"].tolist()) == {1, 2, 3}
+
+
+def test_images_as_pil_or_tensors_preprocess_alike():
+    import numpy as np
+
+    from tests.families.conftest import family, image
+
+    fam = family("owlv2_mini")
+    pil = image(0, (40, 50))
+    uint8 = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).contiguous()
+    (a,), (b,), (c,) = fam.preprocess([pil]), fam.preprocess([uint8]), fam.preprocess([uint8 / 255.0])
+    assert a.sizes == b.sizes == c.sizes == [(40, 50)]
+    assert torch.equal(a.pixel_values, b.pixel_values)
+    assert torch.allclose(a.pixel_values, c.pixel_values, atol=1e-5)
+    with pytest.raises(TypeError, match="PIL image or a"):
+        fam.preprocess([np.zeros((4, 4, 3))])

@@ -166,3 +166,19 @@ def test_exports_refuse_other_weights():
         check_base_weights(reseeded, family("grounding_dino_mini"))
     with pytest.raises(FamilyExportError, match="not a parameter"):
         apply_export(family("grounding_dino_mini"), "linear", {"model.nothing.weight": torch.zeros(1)})
+
+
+def test_the_seam_accepts_parameters_as_groups_and_a_frozen_set_for_full():
+    """GLIP's official groups are partly bare parameters (log_scale, bias0) and its `full` freezes
+    stages: the seam expresses both (class attributes), so GLIP can implement it unchanged."""
+    fam = family("owlv2_mini")
+    fam.linear_modules = ("box_head.dense2", "owlv2.logit_scale")
+    fam.frozen_in_full = ("owlv2.vision_model.embeddings",)
+    assert modes.mode_group(fam, "linear") == {
+        "hf.box_head.dense2.weight",
+        "hf.box_head.dense2.bias",
+        "hf.owlv2.logit_scale",
+    }
+    trainable = modes.apply_mode(fam, "full")
+    assert not any(n.startswith("hf.owlv2.vision_model.embeddings.") for n in trainable)
+    assert len(trainable) == len(list(fam.parameters())) - 3  # class embedding, patch and position
