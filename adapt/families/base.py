@@ -117,6 +117,12 @@ class DetectorFamily(nn.Module, ABC):
         # Set by the builder: where the weights came from and their digest (exports check it).
         self.identity: dict[str, Any] = {}
 
+    @classmethod
+    @abstractmethod
+    def build_processor(cls, tokenizer: Any, image_processor_kwargs: dict[str, Any]) -> ProcessorMixin:
+        """The processor of a random-init model: the family's image processor with these settings
+        and a tokenizer adapt ships (pretrained models load their own processor)."""
+
     # -- prompts ------------------------------------------------------------------------------------
 
     @property
@@ -271,7 +277,7 @@ class DetectorFamily(nn.Module, ABC):
         """
         place = {label: i for i, label in enumerate(prompt.labels)}
         scale = self.box_scale(sizes)
-        out = []
+        out: list[dict[str, Tensor]] = []
         for target, frame in zip(targets, scale, strict=True):
             labels = [int(x) for x in target["labels"]]
             keep = [j for j, label in enumerate(labels) if label in place]
@@ -279,7 +285,7 @@ class DetectorFamily(nn.Module, ABC):
             out.append(
                 {
                     "class_labels": torch.tensor([place[labels[j]] for j in keep], dtype=torch.long),
-                    "boxes": corners_to_center_format(boxes / frame.to(boxes.dtype)),
+                    "boxes": corners_to_center_format(boxes / frame.to(boxes.dtype)),  # type: ignore[dict-item]
                 }
             )
         return out
@@ -310,7 +316,7 @@ class DetectorFamily(nn.Module, ABC):
             assert out.loss is not None and out.losses is not None
             return {**out.losses, "total": out.loss}
         out = self.run(batch, prompt, features)
-        return decode(
+        return decode(  # type: ignore[return-value]
             out.logits,
             out.boxes,
             prompt.label_to_tokens,
@@ -355,7 +361,7 @@ class DetectorFamily(nn.Module, ABC):
                 self.forward(batch, p, text=t, settings=settings) for p, t in zip(prompts, texts, strict=True)
             ]
             for j, i in enumerate(batch.index):
-                dets = merge([d[j] for d in per_prompt], limit)  # type: ignore[index]
+                dets = merge([d[j] for d in per_prompt], limit)  # type: ignore[index,misc]
                 results[i] = {k: v.cpu() for k, v in dets.items()}
         return results  # type: ignore[return-value]
 

@@ -54,14 +54,15 @@ def decode(
         scale: [B, 4] ``(sx, sy, sx, sy)``: the pixel size of each image's box frame.
     """
     probs = logits.sigmoid()
-    corners = center_to_corners_format(boxes) * scale[:, None, :].to(boxes.dtype)
+    corners: Tensor = center_to_corners_format(boxes)  # type: ignore[arg-type,assignment]
+    corners = corners * scale[:, None, :].to(boxes.dtype)
     labels, positions = class_positions(label_to_tokens)
     label_ids = torch.tensor(labels, dtype=torch.long, device=logits.device)
     if settings.decoding == "transformers":
         scores = probs.max(-1).values  # [B, N]
         # The class choice compares logits: probabilities saturate to 1.0 and would tie.
         best = torch.stack([logits[..., p].max(-1).values for p in positions], -1).argmax(-1)  # [B, N]
-        out = []
+        out: list[dict[str, Tensor]] = []
         for i in range(logits.shape[0]):
             keep = scores[i] > settings.threshold
             out.append(
@@ -73,12 +74,12 @@ def decode(
     flat = per_class.flatten(1)  # [B, N * K], query-major
     k = min(settings.num_select, flat.shape[1])
     top, index = flat.topk(k, dim=1)
-    out = []
+    results: list[dict[str, Tensor]] = []
     for i in range(logits.shape[0]):
         keep = top[i] > settings.threshold
         query, cls = index[i][keep] // n_classes, index[i][keep] % n_classes
-        out.append({"boxes": corners[i][query], "scores": top[i][keep], "labels": label_ids[cls]})
-    return out
+        results.append({"boxes": corners[i][query], "scores": top[i][keep], "labels": label_ids[cls]})
+    return results
 
 
 def merge(chunks: Sequence[Mapping[str, Tensor]], limit: int | None = None) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ model cards), so ``model=llmdet_t`` is the ``mm_grounding_dino`` family with oth
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from transformers import (
     GroundingDinoProcessor,
     MMGroundingDinoConfig,
     MMGroundingDinoForObjectDetection,
+    PreTrainedModel,
 )
 from transformers.models.grounding_dino.modeling_grounding_dino import (
     build_label_maps,
@@ -70,8 +72,8 @@ class GroundingDino(DetectorFamily):
 
     name = "grounding_dino"
     model_types = ("grounding-dino",)
-    model_class = GroundingDinoForObjectDetection
-    config_class = GroundingDinoConfig
+    model_class: ClassVar[type[PreTrainedModel]] = GroundingDinoForObjectDetection
+    config_class: ClassVar[type] = GroundingDinoConfig
     processor_class = GroundingDinoProcessor
     vision_modules = ("model.backbone",)
     text_encoder = "model.text_backbone"
@@ -87,7 +89,9 @@ class GroundingDino(DetectorFamily):
     default_threshold = 0.25  # post_process_grounded_object_detection's default
 
     @classmethod
-    def build_processor(cls, tokenizer: object, image_processor_kwargs: dict) -> GroundingDinoProcessor:
+    def build_processor(
+        cls, tokenizer: Any, image_processor_kwargs: dict[str, Any]
+    ) -> GroundingDinoProcessor:
         """The processor of a random-init model: transformers' image processor (with these
         settings) and adapt's shipped BERT tokenizer."""
         return GroundingDinoProcessor(
@@ -111,9 +115,9 @@ class GroundingDino(DetectorFamily):
         """BERT's ``last_hidden_state`` [1, L, H] for the caption, called exactly as transformers'
         ``GroundingDinoModel.forward`` calls it: phrase-blocked self-attention and per-phrase
         position ids (``generate_masks_with_special_tokens_and_transfer_map``), zero token types."""
-        inner = self.hf.model
+        inner: Any = self.hf.model
         ids = prompt.input_ids[None].to(self.device)
-        masks, position_ids = generate_masks_with_special_tokens_and_transfer_map(ids, inner.special_tokens)
+        masks, position_ids = generate_masks_with_special_tokens_and_transfer_map(ids, inner.special_tokens)  # type: ignore[arg-type]
         out = inner.text_backbone(ids, masks[:, None], torch.zeros_like(ids), position_ids, return_dict=True)
         return out.last_hidden_state
 
@@ -168,5 +172,5 @@ class MMGroundingDino(GroundingDino):
 
 def phrase_groups(input_ids: Tensor) -> list[list[int]]:
     """The token positions transformers' loss assigns to each phrase (``build_label_maps``)."""
-    maps = build_label_maps(torch.empty(1, 1, input_ids.shape[-1]), input_ids[None])[0]
+    maps = build_label_maps(torch.empty(1, 1, input_ids.shape[-1]), input_ids[None])[0]  # type: ignore[arg-type]
     return [row.nonzero().flatten().tolist() for row in maps]

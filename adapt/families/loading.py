@@ -94,9 +94,9 @@ def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, 
         raise FamilyLoadError(
             f"{where}: weights.path={spec.path!r} is not a save_pretrained folder (no config.json)"
         )
-    hub = {"revision": spec.revision, "trust_remote_code": False}
+    revision = spec.revision or "main"  # the default branch
     try:
-        config = AutoConfig.from_pretrained(source, **hub)
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise FamilyLoadError(f"{where}: cannot read the config of {source!r}: {_first_line(exc)}") from exc
     if config.model_type not in cls.model_types:
@@ -109,8 +109,11 @@ def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, 
             raise FamilyConfigError(f"{where}: config.{key} is not a setting of {type(config).__name__}")
         setattr(config, key, value)
     try:
-        hf, info = cls.model_class.from_pretrained(source, config=config, output_loading_info=True, **hub)
-        processor = cls.processor_class.from_pretrained(source, **hub)
+        loaded: Any = cls.model_class.from_pretrained(
+            source, config=config, output_loading_info=True, revision=revision, trust_remote_code=False
+        )
+        hf, info = loaded
+        processor = cls.processor_class.from_pretrained(source, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise FamilyLoadError(f"{where}: cannot load {source!r}: {_first_line(exc)}") from exc
     missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
@@ -121,7 +124,7 @@ def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, 
         )
     commit = None
     if spec.path is None:
-        commit = extract_commit_hash(cached_file(source, "config.json", **hub), None)
+        commit = extract_commit_hash(cached_file(source, "config.json", revision=revision), None)
     return hf, processor, commit
 
 

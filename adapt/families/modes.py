@@ -59,7 +59,7 @@ def prepare(
 def parameter_names(family: DetectorFamily, paths: tuple[str, ...]) -> set[str]:
     """Names of the parameters at or under ``paths`` (modules or parameters of ``family.hf``),
     tied copies included once, under the name ``named_parameters`` gives them."""
-    ids = set()
+    ids: set[int] = set()
     for path in paths:
         try:
             ids.update(id(p) for p in family.hf.get_submodule(path).parameters())
@@ -142,14 +142,18 @@ def inject_lora(family: DetectorFamily, lora: Mapping[str, Any]) -> None:
         return
     target = lora.get("target_modules") or family.lora_targets
     targets = target if isinstance(target, str) else "|".join(re.escape(t) for t in target)
-    settings = {
-        "r": int(lora.get("r", 8)),
-        "lora_alpha": int(lora.get("alpha", 16)),
-        "lora_dropout": float(lora.get("dropout", 0.0)),
-        "bias": "none",
-    }
-    inject_adapter_in_model(LoraConfig(target_modules=rf"{re.escape(HF)}(?:{targets})", **settings), family)
+
+    def config(modules: str) -> LoraConfig:
+        return LoraConfig(
+            r=int(lora.get("r", 8)),
+            lora_alpha=int(lora.get("alpha", 16)),
+            lora_dropout=float(lora.get("dropout", 0.0)),
+            target_modules=modules,
+            bias="none",
+        )
+
+    inject_adapter_in_model(config(rf"{re.escape(HF)}(?:{targets})"), family)
     if not any("lora_" in n for n, _ in family.hf.named_parameters()):
         raise ValueError(f"lora target_modules={target!r} matched no linear layer of {family.name}")
     # What an export records: the same adapters as peft sees them on the transformers model.
-    family.lora_config = LoraConfig(target_modules=targets, **settings)
+    family.lora_config = config(targets)

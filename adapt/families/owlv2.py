@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,7 +83,7 @@ class OWLv2(DetectorFamily):
         self.loss_weights.update({k: float(v) for k, v in weights.items()})
 
     @classmethod
-    def build_processor(cls, tokenizer: object, image_processor_kwargs: dict) -> Owlv2Processor:
+    def build_processor(cls, tokenizer: Any, image_processor_kwargs: dict[str, Any]) -> Owlv2Processor:
         """The processor of a random-init model: transformers' image processor (with these
         settings) and adapt's shipped CLIP-format tokenizer."""
         return Owlv2Processor(
@@ -115,7 +116,8 @@ class OWLv2(DetectorFamily):
     def encode_text(self, prompt: EncodedPrompt) -> Tensor:
         """Class embeddings [Q, D]: ``get_text_features`` (text model, pooled at the end token,
         ``text_projection``), before the normalisation ``Owlv2Model.forward`` applies."""
-        out = self.hf.owlv2.get_text_features(
+        owlv2: Any = self.hf.owlv2
+        out = owlv2.get_text_features(
             input_ids=prompt.input_ids.to(self.device), attention_mask=prompt.attention_mask.to(self.device)
         )
         return out.pooler_output
@@ -126,7 +128,8 @@ class OWLv2(DetectorFamily):
         return len(prompt.labels), int(self.hf.config.projection_dim)
 
     def drop_text_encoder(self) -> None:
-        self.hf.owlv2.text_model = None
+        owlv2: Any = self.hf.owlv2
+        owlv2.text_model = None
         self.text_encoder_dropped = True
 
     # -- forward ------------------------------------------------------------------------------------
@@ -142,7 +145,7 @@ class OWLv2(DetectorFamily):
         text: Tensor,
         labels: list[dict[str, Tensor]] | None = None,
     ) -> RawOutputs:
-        hf = self.hf
+        hf: Any = self.hf
         feature_map = hf.image_embedder(pixel_values=batch.pixel_values)[0]  # [B, h, w, C]
         n, height, width, channels = feature_map.shape
         image_feats = feature_map.reshape(n, height * width, channels)

@@ -64,6 +64,8 @@ class StoredText(nn.Module):
     detector whose text encoder was replaced by a prompt export moves it with ``.to(device)``.
     """
 
+    hidden: Tensor
+
     def __init__(self, hidden: Tensor) -> None:
         super().__init__()
         self.register_buffer("hidden", hidden, persistent=False)
