@@ -1,7 +1,7 @@
 """What a family's training run exports, and how an export goes back onto a family detector.
 
 The tensors only; the folder layout, metadata and atomic writing are adapt's export format's
-(``adapt.train.export``), which records for a family what it records for GLIP plus the detector's
+(``adapt.export``), which records for a family what it records for GLIP plus the detector's
 ``identity`` (family, weights source, weights digest):
 
 * ``prompt``: ``prompt.hidden`` (the text features the detector consumed: the text encoder's output

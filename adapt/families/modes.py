@@ -1,6 +1,6 @@
 """What each adaptation mode trains and runs in eval mode, for a detector family.
 
-The same five modes as GLIP's (``adapt.train.modes``), with the family's own parameter groups
+The same five modes as GLIP's (``adapt.modes``), with the family's own parameter groups
 (``DetectorFamily.linear_modules``, ``lora_targets``, ``vision_modules``, ``text_encoder``; each
 family's docstring says what its groups are and why):
 
