@@ -83,7 +83,7 @@ if __name__ == "__main__":
 
 
 def _folder_exclude_keys() -> list[str]:
-    """adapt's own list of the overrides that leave a run's folder name alone (adapt/rundir.py)."""
+    """adapt's own list of the overrides that leave a run's folder name alone (adapt/resolvers.py)."""
     import yaml
 
     cfg = yaml.safe_load((CONF / "config.yaml").read_text())

@@ -77,7 +77,7 @@ def test_a_multirun_over_shots_names_each_folder_by_its_value(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     run(monkeypatch, "-m", "mode=zero", "shots=0,all", *DEMO_SMALL, f"hydra.sweep.dir={tmp_path / 'm'}")
     folders = sorted(p.parent.relative_to(tmp_path / "m") for p in (tmp_path / "m").rglob("results.json"))
-    # -<8 hex>: the small-input overrides make these runs distinct from the default ones (adapt/rundir.py)
+    # -<8 hex>: the small-input overrides make these runs distinct from the default ones (adapt/resolvers.py)
     assert len({str(f).rsplit("-", 1)[1] for f in folders}) == 1
     assert [str(f).rsplit("-", 1)[0] for f in folders] == [
         "demo/glip_mini/zero/shots0_seed3",

@@ -1,5 +1,6 @@
-"""Run folders (adapt/rundir.py, the skip rules in adapt/sweep.py): one folder per distinct run,
-a complete result never destroyed, one process per folder, output a person can read.
+"""Run folders (adapt/resolvers.py, adapt/runs/rundir.py, the skip rules in adapt/runs/sweep.py):
+one folder per distinct run, a complete result never destroyed, one process per folder, output a
+person can read.
 
 The behaviour tests are real `python -m adapt.run` processes on the two small COCO datasets of
 tests/test_sweep.py (glip_mini, 32-pixel inputs, trainer=debug, no workers, no logger).

@@ -575,7 +575,7 @@ def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
         "trainer.enable_progress_bar=false",
     )
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    # shots1_seed3-<hash>: the small inputs and the epochs make this run distinct (adapt/rundir.py)
+    # shots1_seed3-<hash>: the small inputs and the epochs make this run distinct (adapt/resolvers.py)
     parent = tmp_path / "multirun" / "smoke" / "glip_mini" / "demo" / "prompt"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

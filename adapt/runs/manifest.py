@@ -20,7 +20,7 @@ Format (``"format": 1``)::
 
 ``decision`` is ``launched``, ``dry_run`` (would launch; `sweep.dry_run=true`), ``complete`` (not
 launched: its results.json is complete) or ``redundant`` (not launched: the protocol collapses the
-point, see `adapt.runs.sweep.point_skip_reason`), with the sweeper's words in ``reason``. ``job_id`` is
+point, see `adapt.grid.point_skip_reason`), with the sweeper's words in ``reason``. ``job_id`` is
 the launcher's id of the job (Hydra's ``hydra.job.id``: the SLURM job id under submitit, a job
 number under the basic and joblib launchers), filled in when the launcher returns.
 
@@ -73,7 +73,7 @@ class ManifestJob:
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def decision_of(skip_reason: str | None, dry_run: bool) -> str:

@@ -74,7 +74,7 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
     info = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for _ in range(3):  # a race with another taker retries, then reports who holds it
         if _try_create(path, info):

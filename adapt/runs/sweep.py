@@ -84,7 +84,7 @@ def grid_point(cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] |
     }
     missing = [k for k, v in values.items() if v is None]
     if missing:
-        raise KeyError(f"config lacks the sweep coordinates {missing} (see adapt/sweep.py grid_point)")
+        raise KeyError(f"config lacks the sweep coordinates {missing} (see adapt/runs/sweep.py grid_point)")
     return GridPoint.from_fields(values)
 
 
@@ -143,7 +143,7 @@ def completed(run_dir: str | os.PathLike[str]) -> bool:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _host_info() -> dict[str, Any]:
@@ -287,7 +287,7 @@ def archive_previous(run_dir: str | os.PathLike[str]) -> Path | None:
     folder = Path(run_dir)
     if not completed(folder):
         return None
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     target = folder / PREVIOUS_DIR / stamp
     target.mkdir(parents=True)
     for name in RESULT_FILES:
