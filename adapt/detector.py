@@ -17,12 +17,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import Tensor
 
+from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data.io import read_image
 from adapt.data.transforms import Resize, ToTensor, resize_boxes
 from adapt.export import Export, ExportError, load_export
@@ -49,7 +50,8 @@ MARKED_PHRASE = re.compile(r"\[([^\[\]]+)\]")
 class Detections:
     """Detections of one image, in its original pixels.
 
-    ``boxes`` [n, 4] xyxy in the legacy "+1" convention of GLIP (width = x2 - x1 + 1),
+    ``boxes`` [n, 4] xyxy in the detector's box convention (``boxes`` of ``Detector``: GLIP's
+    legacy "+1", width = x2 - x1 + 1; of ``adapt.family_detector.FamilyDetector``: transformers'),
     ``scores`` [n], ``labels`` [n] 1-based index into the classes or marked phrases, ``names`` [n],
     ``image_size`` the original (height, width).
     """
@@ -66,6 +68,8 @@ class Detections:
 
 class Detector:
     """A GLIP plus everything needed to go from images and class names to boxes."""
+
+    boxes: ClassVar[BoxConvention] = GLIP_BOXES  # what a COCO writer needs to know of its boxes
 
     def __init__(self, model: GLIP, device: str | torch.device = "cpu", batch_size: int = 4) -> None:
         self.device = torch.device(device)
@@ -168,6 +172,11 @@ class Detector:
         model name must be a shipped model config, and nothing it names is imported or opened.
         """
         artifact = load_export(path)
+        if (artifact.config.get("base_model") or {}).get("family"):
+            raise ExportError(
+                f"{artifact.metadata_file}: a detector family's export; load it with "
+                "adapt.family_detector.FamilyDetector.from_export"
+            )
         try:
             policy = policy_for_export(artifact.policy_name)
         except UnknownModeError as exc:

@@ -11,6 +11,13 @@ sizes, inference settings and caption. A prompt-tuning artifact carries its prom
 detection runs *without* the text encoder (it is removed from the model after loading); a
 linear-probe, LoRA or full artifact is loaded onto the model and detects the classes it was trained
 on (or ``--classes``). Size and inference flags still override what the export records, with a note.
+
+Detector families (``adapt.families``: Grounding DINO, MM Grounding DINO / LLMDet, OWLv2) run the
+same way: ``--model grounding_dino_t`` (a family model config), ``--checkpoint DIR`` (any
+``save_pretrained`` folder, with or without ``--model``), or ``--prompt`` on a family run's export
+(``adapt.family_detector``). Their detections are transformers' pipeline's (processor, model,
+``post_process_grounded_object_detection`` at the model config's threshold, ``--score-threshold``
+replacing it), and their boxes are written in transformers' convention (w = x2 - x1).
 """
 
 from __future__ import annotations
@@ -25,17 +32,22 @@ import torch
 from PIL import ImageDraw
 
 from adapt.atomic import write_json
+from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data.io import read_image
 from adapt.detector import Detections, Detector
-from adapt.metrics.coco import coco_xywh
+from adapt.family_detector import FamilyDetector, family_requested
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 
 
 def to_coco(
-    images: Sequence[str | Path], results: Sequence[Detections], names: Sequence[str]
+    images: Sequence[str | Path],
+    results: Sequence[Detections],
+    names: Sequence[str],
+    boxes: BoxConvention = GLIP_BOXES,
 ) -> dict[str, Any]:
-    """A COCO detection file: boxes as xywh with the +1 convention (w = x2 - x1 + 1), with scores."""
+    """A COCO detection file with scores: boxes as xywh in the detector's convention (GLIP's +1,
+    w = x2 - x1 + 1; a detector family's, w = x2 - x1)."""
     coco: dict[str, Any] = {
         "images": [],
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
@@ -45,7 +57,7 @@ def to_coco(
         h, w = res.image_size
         coco["images"].append({"id": image_id, "file_name": str(path), "height": h, "width": w})
         for (x1, y1, bw, bh), score, label in zip(
-            coco_xywh(res.boxes).tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
+            boxes.xywh(res.boxes).tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
         ):
             coco["annotations"].append(
                 {
@@ -107,6 +119,24 @@ def override_settings(detector: Detector, args: argparse.Namespace, from_export:
         setattr(node, key, value)
 
 
+def override_family_settings(detector: FamilyDetector, args: argparse.Namespace, from_export: bool) -> None:
+    """A detector family's decoding threshold is ``--score-threshold``; the other flags are GLIP's
+    (a family's processor sets the image size, its decoding has no NMS)."""
+    for flag in SETTINGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is None:
+            continue
+        if flag != "--score-threshold":
+            raise ValueError(f"{flag} is a GLIP setting; a detector family's processor sets its input sizes")
+        if from_export and value != detector.settings.threshold:
+            print(
+                f"adapt.predict: note: {flag} {value} replaces the export's threshold="
+                f"{detector.settings.threshold}; detections will differ from the run's",
+                file=sys.stderr,
+            )
+        detector.set_threshold(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adapt.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files")
@@ -116,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--model", help="model config name (conf/model/); default: the artifact's, else glip_t"
     )
-    parser.add_argument("--checkpoint", help="weights file instead of the model's official checkpoint")
+    parser.add_argument(
+        "--checkpoint",
+        help="weights file instead of the model's official checkpoint (a detector family's: a "
+        "save_pretrained folder)",
+    )
     parser.add_argument(
         "--tokenizer",
         help="tokenizer folder, for an export or checkpoint whose tokenizer adapt does not ship",
@@ -133,13 +167,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-        if args.prompt:
+        detector: Detector | FamilyDetector
+        if family_requested(args.model, args.checkpoint, args.prompt):  # adapt.families' detectors
+            detector = FamilyDetector.load(args.model, args.checkpoint, args.prompt, args.device)
+            override_family_settings(detector, args, from_export=bool(args.prompt))
+        elif args.prompt:
             detector = Detector.from_export(
                 args.prompt, args.model, args.checkpoint, args.device, tokenizer=args.tokenizer
             )
         else:
             detector = Detector.from_config(args.model or "glip_t", args.checkpoint, args.device)
-        override_settings(detector, args, from_export=bool(args.prompt))
+        if isinstance(detector, Detector):
+            override_settings(detector, args, from_export=bool(args.prompt))
         results = detector.predict(args.images, classes=classes, batch_size=args.batch_size)
         names = classes or detector.default_classes
     except (ValueError, FileNotFoundError, OSError) as exc:
@@ -147,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(to_coco(args.images, results, names), out / "detections.json", indent=1)
+    write_json(to_coco(args.images, results, names, detector.boxes), out / "detections.json", indent=1)
     for path, res in zip(args.images, results, strict=True):
         draw(path, res, out, args.threshold)
     total = sum(len(r) for r in results)

@@ -11,7 +11,14 @@ from adapt.families.grounding_dino import GroundingDino, MMGroundingDino
 from adapt.families.loading import FamilyLoadError, build_family, family_from_folder, weights_digest
 from adapt.families.owlv2 import OWLv2
 from adapt.families.registry import FAMILIES, family_class, family_for_model_type
-from adapt.families.spec import FamilyConfigError, FamilySpec, InferenceSettings, family_model_config
+from adapt.families.spec import (
+    FamilyConfigError,
+    FamilySpec,
+    InferenceSettings,
+    family_model_config,
+    is_family_config,
+    is_family_model,
+)
 
 __all__ = [
     "FAMILIES",
@@ -30,5 +37,7 @@ __all__ = [
     "family_for_model_type",
     "family_from_folder",
     "family_model_config",
+    "is_family_config",
+    "is_family_model",
     "weights_digest",
 ]

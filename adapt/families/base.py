@@ -40,9 +40,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.image_transforms import corners_to_center_format
 
+from adapt.boxes import TRANSFORMERS_BOXES, BoxConvention
 from adapt.families.captions import chunk_classes
 from adapt.families.decoding import decode, merge
-from adapt.families.spec import EVALUATION, InferenceSettings
+from adapt.families.spec import EVALUATION, FamilySpec, InferenceSettings
 from adapt.families.text_features import PromptOffset
 from adapt.prompt import EncodedPrompt
 
@@ -99,11 +100,14 @@ class DetectorFamily(nn.Module, ABC):
     text_encoder: ClassVar[str]
     # What `linear` trains (modules or parameters; the subclass docstring says why), what `full`
     # leaves frozen, and where `lora` puts adapters (a regex full-matched against module names,
-    # peft's rule).
+    # peft's rule). `full` freezes what transformers' loss never reaches (its gradient is always
+    # None: training it is a no-op, and DDP stops on a trainable tensor without a gradient).
     linear_modules: ClassVar[tuple[str, ...]]
     frozen_in_full: ClassVar[tuple[str, ...]] = ()
     lora_targets: ClassVar[str]
     default_threshold: ClassVar[float]
+    # transformers' boxes: exclusive corners (width x2 - x1) in the images' own pixels.
+    boxes: ClassVar[BoxConvention] = TRANSFORMERS_BOXES
 
     def __init__(self, hf: PreTrainedModel, processor: ProcessorMixin, settings: InferenceSettings) -> None:
         super().__init__()
@@ -114,8 +118,10 @@ class DetectorFamily(nn.Module, ABC):
         self.prompt_offset: PromptOffset | None = None
         self.text_encoder_dropped = False
         self.lora_config: Any = None  # peft's LoraConfig once adapters are injected (modes.inject_lora)
-        # Set by the builder: where the weights came from and their digest (exports check it).
+        # Set by the builder: where the weights came from and their digest (exports check it), and
+        # the model config it was built from (exports record it to rebuild the same detector).
         self.identity: dict[str, Any] = {}
+        self.spec: FamilySpec | None = None
 
     @classmethod
     @abstractmethod
@@ -204,48 +210,17 @@ class DetectorFamily(nn.Module, ABC):
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
 
+    @property
+    def text_encoder_prefix(self) -> str:
+        """Where the text encoder's parameters start in ``named_parameters`` (the optimiser's
+        ``lang_lr`` applies there, as to GLIP's ``language_backbone.``)."""
+        return f"hf.{self.text_encoder}."
+
     def preprocess(
         self, images: Sequence[ImageLike], together: bool = False, max_batch: int | None = None
     ) -> list[ImageBatch]:
-        """Images through the family's own processor (resize, normalise, pad).
-
-        ``together=True``: one batch exactly as transformers' processor makes it, padded to the
-        largest image (training: the loss sees one batch). Otherwise images are batched only with
-        images of the same processed size, so that no image is padded for another: an image's
-        detections are then the same alone or in any batch (transformers pads a batch to its largest
-        image, and Grounding DINO's backbone, its GroupNorm and its two-stage query selection all see
-        the padding). ``max_batch`` caps a batch.
-        """
-        sizes = [_image_size(im) for im in images]
-        if together:
-            out = self._process(list(images))
-            return [ImageBatch(out["pixel_values"], out.get("pixel_mask"), sizes, list(range(len(images))))]
-        groups: dict[tuple[int, ...], list[tuple[int, dict[str, Tensor]]]] = defaultdict(list)
-        for i, image in enumerate(images):
-            out = self._process([image])
-            groups[tuple(out["pixel_values"].shape)].append((i, out))
-        batches = []
-        for members in groups.values():
-            cap = max_batch or len(members)
-            for start in range(0, len(members), cap):
-                part = members[start : start + cap]
-                masks = [o.get("pixel_mask") for _, o in part]
-                batches.append(
-                    ImageBatch(
-                        torch.cat([o["pixel_values"] for _, o in part]),
-                        torch.cat(masks) if masks[0] is not None else None,  # type: ignore[arg-type]
-                        [sizes[i] for i, _ in part],
-                        [i for i, _ in part],
-                    )
-                )
-        return batches
-
-    def _process(self, images: list[ImageLike]) -> dict[str, Tensor]:
-        """The image processor on PIL images or [3, H, W] tensors (uint8, or float in [0, 1])."""
-        kwargs: dict[str, Any] = {}
-        if any(isinstance(im, Tensor) and im.is_floating_point() for im in images):
-            kwargs["do_rescale"] = False
-        return dict(self.processor.image_processor(images=images, return_tensors="pt", **kwargs))
+        """Images through the family's own processor (:func:`process_images`)."""
+        return process_images(self.processor.image_processor, images, together, max_batch)
 
     @abstractmethod
     def box_scale(self, sizes: Sequence[tuple[int, int]]) -> Tensor:
@@ -385,6 +360,52 @@ class DetectorFamily(nn.Module, ABC):
             raise ValueError("save_pretrained writes the base model; LoRA adapters are exported with peft")
         self.hf.save_pretrained(folder)
         self.processor.save_pretrained(folder)
+
+
+def process_images(
+    image_processor: Any, images: Sequence[ImageLike], together: bool = False, max_batch: int | None = None
+) -> list[ImageBatch]:
+    """Images through a family's image processor (resize, normalise, pad), as batches.
+
+    ``together=True``: one batch exactly as transformers' processor makes it, padded to the largest
+    image (what transformers' own loss is checked against). Otherwise images are batched only with
+    images of the same processed size, so that no image is padded for another: an image's
+    detections and loss terms are then the same alone or in any batch (transformers pads a batch to
+    its largest image, and Grounding DINO's backbone, its GroupNorm and its two-stage query
+    selection all see the padding). ``max_batch`` caps a batch. A module-level function (the
+    processor, not the model), so DataLoader workers can run it.
+    """
+    sizes = [_image_size(im) for im in images]
+    if together:
+        out = _process(image_processor, list(images))
+        return [ImageBatch(out["pixel_values"], out.get("pixel_mask"), sizes, list(range(len(images))))]
+    groups: dict[tuple[int, ...], list[tuple[int, dict[str, Tensor]]]] = defaultdict(list)
+    for i, image in enumerate(images):
+        out = _process(image_processor, [image])
+        groups[tuple(out["pixel_values"].shape)].append((i, out))
+    batches = []
+    for members in groups.values():
+        cap = max_batch or len(members)
+        for start in range(0, len(members), cap):
+            part = members[start : start + cap]
+            masks = [o.get("pixel_mask") for _, o in part]
+            batches.append(
+                ImageBatch(
+                    torch.cat([o["pixel_values"] for _, o in part]),
+                    torch.cat(masks) if masks[0] is not None else None,  # type: ignore[arg-type]
+                    [sizes[i] for i, _ in part],
+                    [i for i, _ in part],
+                )
+            )
+    return batches
+
+
+def _process(image_processor: Any, images: list[ImageLike]) -> dict[str, Tensor]:
+    """The image processor on PIL images or [3, H, W] tensors (uint8, or float in [0, 1])."""
+    kwargs: dict[str, Any] = {}
+    if any(isinstance(im, Tensor) and im.is_floating_point() for im in images):
+        kwargs["do_rescale"] = False
+    return dict(image_processor(images=images, return_tensors="pt", **kwargs))
 
 
 def _image_size(image: ImageLike) -> tuple[int, int]:

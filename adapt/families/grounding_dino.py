@@ -60,12 +60,16 @@ class GroundingDino(DetectorFamily):
       features, here the decoder's queries and the two-stage encoder proposals: the decoder's output
       LayerNorm (an elementwise affine map of the query features both heads read, the only linear
       handle on the classification, whose head is a parameter-free dot product with the text), the
-      box MLP ``bbox_embed`` (shared by all decoder layers, so it also moves their reference points),
-      the two-stage proposal heads (``enc_output_norm``, ``encoder_output_bbox_embed``) and the class
-      heads' parameters (MM Grounding DINO's logit bias; none in Grounding DINO). ``text_projection``
-      is left frozen: it feeds the fusion encoder, so training it re-runs the frozen trunk on new
-      inputs, which is prompt tuning's job. Everything runs in eval mode.
-    * ``full``: every parameter, dropout and drop-path on (transformers' training behaviour).
+      box MLP ``bbox_embed`` (shared by all decoder layers, so it also moves their reference points)
+      and the class heads' parameters (MM Grounding DINO's logit bias, also the two-stage encoder
+      head's; none in Grounding DINO). ``text_projection`` is left frozen: it feeds the fusion
+      encoder, so training it re-runs the frozen trunk on new inputs, which is prompt tuning's job.
+      The two-stage proposal generator (``enc_output``, ``enc_output_norm``,
+      ``encoder_output_bbox_embed``) reads the last encoder features too, but transformers' loss
+      never reaches it (the top-k proposals are detached, the encoder loss term scores the query
+      embeddings), so training it would change nothing. Everything runs in eval mode.
+    * ``full``: every parameter transformers' loss reaches (:attr:`frozen_in_full` lists the rest),
+      dropout and drop-path on (transformers' training behaviour).
     * ``lora``: peft adapters on the fusion's and the decoder's linears (:data:`LORA_TARGETS`);
       Swin and BERT in eval mode, the encoder and decoder in train mode (as GLIP's LoRA).
     """
@@ -81,9 +85,16 @@ class GroundingDino(DetectorFamily):
         "model.decoder.layer_norm",
         "bbox_embed",
         "class_embed",
+        "model.encoder_output_class_embed",
+    )
+    # Never reached by transformers' loss: Swin's last LayerNorm (the features are the per-stage
+    # norms) and the two-stage proposal generator, whose top-k boxes the model detaches and whose
+    # encoder loss term scores the query embeddings instead (GroundingDinoModel.forward).
+    frozen_in_full = (
+        "model.backbone.conv_encoder.model.swin.layernorm",
+        "model.enc_output",
         "model.enc_output_norm",
         "model.encoder_output_bbox_embed",
-        "model.encoder_output_class_embed",
     )
     lora_targets = LORA_TARGETS
     default_threshold = 0.25  # post_process_grounded_object_detection's default

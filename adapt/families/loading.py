@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.utils.hub import cached_file, extract_commit_hash
 
 from adapt.families.base import DetectorFamily
@@ -35,21 +35,30 @@ class FamilyLoadError(RuntimeError):
     """Weights or processor files cannot be read, or do not belong to the configured family."""
 
 
-def build_family(spec: FamilySpec | Mapping[str, Any] | str) -> DetectorFamily:
+def build_family(spec: FamilySpec | Mapping[str, Any] | str, random_weights: bool = False) -> DetectorFamily:
     """The detector a family model config describes (a spec, a config mapping, or the name of a
-    shipped ``conf/model`` config), in eval mode, on the CPU."""
+    shipped ``conf/model`` config), in eval mode, on the CPU.
+
+    ``random_weights``: a pretrained model's architecture and processor (its config.json and
+    processor files, from the folder or the HF cache) with weights drawn from ``seed`` instead of
+    its own (cost benchmarks: speed does not depend on the weights, and no weights file is read)."""
     if isinstance(spec, str):
         spec = family_model_config(spec)
     if not isinstance(spec, FamilySpec):
         spec = FamilySpec.from_config(spec)
     cls = family_class(spec.family)
     commit = None
-    if spec.pretrained:
+    random = random_weights or not spec.pretrained
+    if not random:
         hf, processor, commit = _pretrained(cls, spec)
+    elif spec.pretrained:
+        hf = _seeded(cls, _config(cls, spec), spec.seed)
+        processor = _processor(cls, spec)
     else:
         hf, processor = _random_init(cls, spec)
     family = cls(hf.eval(), processor, spec.inference)
     family.evaluation = spec.evaluation
+    family.spec = spec
     if spec.loss:
         family.set_loss_weights(spec.loss)
     family.identity = {
@@ -60,7 +69,7 @@ def build_family(spec: FamilySpec | Mapping[str, Any] | str) -> DetectorFamily:
         "revision": spec.revision,
         "commit": commit,
         "path": spec.path,
-        "random_init_seed": None if spec.pretrained else spec.seed,
+        "random_init_seed": spec.seed if random else None,
         "weights_sha256": weights_digest(hf),
     }
     return family.eval()
@@ -87,6 +96,30 @@ def family_from_folder(
 
 def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, str | None]:
     """Model, processor and, for a hub repo, the commit its files came from."""
+    source, revision, where = _source(spec)
+    config = _config(cls, spec)
+    try:
+        loaded: Any = cls.model_class.from_pretrained(
+            source, config=config, output_loading_info=True, revision=revision, trust_remote_code=False
+        )
+        hf, info = loaded
+    except (OSError, ValueError) as exc:
+        raise FamilyLoadError(f"{where}: cannot load {source!r}: {_first_line(exc)}") from exc
+    processor = _processor(cls, spec)
+    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    if missing:
+        raise FamilyLoadError(
+            f"{where}: {source!r} lacks weights for {len(missing)} tensors (e.g. {missing[:3]}); "
+            "it is not a complete checkpoint of this architecture"
+        )
+    commit = None
+    if spec.path is None:
+        commit = extract_commit_hash(cached_file(source, "config.json", revision=revision), None)
+    return hf, processor, commit
+
+
+def _source(spec: FamilySpec) -> tuple[str, str, str]:
+    """What ``from_pretrained`` reads (folder or repo), the revision, and the config's name for errors."""
     source = spec.source
     assert source is not None
     where = f"model {spec.name!r}"
@@ -94,7 +127,12 @@ def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, 
         raise FamilyLoadError(
             f"{where}: weights.path={spec.path!r} is not a save_pretrained folder (no config.json)"
         )
-    revision = spec.revision or "main"  # the default branch
+    return source, spec.revision or "main", where  # main: the default branch
+
+
+def _config(cls: type[DetectorFamily], spec: FamilySpec) -> Any:
+    """A pretrained model's config.json (its ``model_type`` checked), with the spec's overrides."""
+    source, revision, where = _source(spec)
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -107,25 +145,32 @@ def _pretrained(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any, 
     for key, value in spec.config.items():
         if not hasattr(config, key):
             raise FamilyConfigError(f"{where}: config.{key} is not a setting of {type(config).__name__}")
+        if isinstance(value, Mapping) and isinstance(getattr(config, key), PretrainedConfig):
+            raise FamilyConfigError(
+                f"{where}: config.{key} is a sub-config: with weights, `config` holds overrides of the "
+                "stored config.json, not an architecture (a random-init config cannot take weights.path; "
+                f"give the folder to a pretrained {cls.name} model config)"
+            )
         setattr(config, key, value)
+    return config
+
+
+def _processor(cls: type[DetectorFamily], spec: FamilySpec) -> Any:
+    source, revision, where = _source(spec)
     try:
-        loaded: Any = cls.model_class.from_pretrained(
-            source, config=config, output_loading_info=True, revision=revision, trust_remote_code=False
-        )
-        hf, info = loaded
-        processor = cls.processor_class.from_pretrained(source, revision=revision, trust_remote_code=False)
+        return cls.processor_class.from_pretrained(source, revision=revision, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise FamilyLoadError(f"{where}: cannot load {source!r}: {_first_line(exc)}") from exc
-    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-    if missing:
         raise FamilyLoadError(
-            f"{where}: {source!r} lacks weights for {len(missing)} tensors (e.g. {missing[:3]}); "
-            "it is not a complete checkpoint of this architecture"
-        )
-    commit = None
-    if spec.path is None:
-        commit = extract_commit_hash(cached_file(source, "config.json", revision=revision), None)
-    return hf, processor, commit
+            f"{where}: cannot load the processor of {source!r}: {_first_line(exc)}"
+        ) from exc
+
+
+def _seeded(cls: type[DetectorFamily], config: Any, seed: int) -> Any:
+    """The model of ``config`` with weights drawn from ``seed`` without touching the global RNG:
+    the same untrained model everywhere."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls.model_class(config)
 
 
 def _random_init(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any]:
@@ -144,11 +189,7 @@ def _random_init(cls: type[DetectorFamily], spec: FamilySpec) -> tuple[Any, Any]
             f"config.text_config.vocab_size is {vocab}"
         )
     processor = cls.build_processor(tokenizer, dict(spec.processor))
-    # Drawn from the config's seed without touching the global RNG: the same untrained model everywhere.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        hf = cls.model_class(config)
-    return hf, processor
+    return _seeded(cls, config, spec.seed), processor
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -10,7 +10,7 @@ mode       trains                                        eval mode (``DetectorFa
 zero       nothing                                       everything
 prompt     ``prompt_offset.offset`` (added here)         everything (nothing stochastic)
 linear     the family's ``linear_modules``               everything (the probe reads fixed features)
-full       all but ``frozen_in_full`` (none here)        nothing (dropout, drop-path on)
+full       all but ``frozen_in_full`` (never reached)    nothing (dropout, drop-path on)
 lora       peft adapters on ``lora_targets`` (added)     the vision trunk and the text encoder
 =========  ============================================  ==============================================
 
@@ -56,15 +56,22 @@ def prepare(
         inject_lora(family, lora or {})
 
 
-def parameter_names(family: DetectorFamily, paths: tuple[str, ...]) -> set[str]:
+def parameter_names(family: DetectorFamily, paths: tuple[str, ...], missing_ok: bool = False) -> set[str]:
     """Names of the parameters at or under ``paths`` (modules or parameters of ``family.hf``),
-    tied copies included once, under the name ``named_parameters`` gives them."""
+    tied copies included once, under the name ``named_parameters`` gives them.
+
+    ``missing_ok``: a path this model lacks names nothing (the frozen set of ``full`` lists modules a
+    variant may not have, e.g. the two-stage heads); otherwise it is an error."""
     ids: set[int] = set()
     for path in paths:
         try:
             ids.update(id(p) for p in family.hf.get_submodule(path).parameters())
         except AttributeError:
-            ids.add(id(family.hf.get_parameter(path)))
+            try:
+                ids.add(id(family.hf.get_parameter(path)))
+            except AttributeError:
+                if not missing_ok:
+                    raise
     return {name for name, p in family.named_parameters() if id(p) in ids}
 
 
@@ -74,7 +81,7 @@ def mode_group(family: DetectorFamily, mode: str) -> set[str]:
     if mode == "linear":
         return parameter_names(family, family.linear_modules)
     if mode == "full":
-        return parameter_names(family, family.frozen_in_full)
+        return parameter_names(family, family.frozen_in_full, missing_ok=True)
     return set()
 
 

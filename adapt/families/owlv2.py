@@ -54,7 +54,7 @@ class OWLv2(DetectorFamily):
       projection of patch features into the class-embedding space, plus the per-patch logit shift
       and scale) and the box MLP. These are exactly the layers that read the last frozen features;
       the objectness head is left out (it never enters the loss or the detections).
-    * ``full``: every parameter.
+    * ``full``: every parameter the detection loss reaches (:attr:`frozen_in_full` lists the rest).
     * ``lora``: peft adapters on the ViT's attention projections (:data:`LORA_TARGETS`; OWLv2 has no
       fusion and no decoder, the ViT is where image and class meet).
     """
@@ -67,6 +67,10 @@ class OWLv2(DetectorFamily):
     vision_modules = ("owlv2.vision_model",)
     text_encoder = "owlv2.text_model"
     linear_modules = ("class_head", "box_head")
+    # Never reached by the detection loss: the objectness head (its output enters neither the loss
+    # nor the detections), CLIP's contrastive logit scale and the image-side projection (detection
+    # reads the patch tokens, not the projected image embedding).
+    frozen_in_full = ("objectness_head", "owlv2.logit_scale", "owlv2.visual_projection")
     lora_targets = LORA_TARGETS
     default_threshold = 0.1  # post_process_grounded_object_detection's default
 

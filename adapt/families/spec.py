@@ -19,7 +19,7 @@ else. Bad values stop with one sentence naming the key.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from typing import Any
 
@@ -61,6 +61,13 @@ class InferenceSettings:
 EVALUATION = InferenceSettings(decoding="topk", threshold=0.0, num_select=300)
 
 
+# The keys of a family model config.
+KEYS = {
+    *("name", "family", "paper", "weights", "config", "processor", "tokenizer", "seed"),
+    *("inference", "evaluation", "loss", "lora_targets"),
+}
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """One family model config. ``name`` is the config's name (``grounding_dino_t``)."""
@@ -77,6 +84,8 @@ class FamilySpec:
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     evaluation: InferenceSettings = field(default_factory=lambda: EVALUATION)
     loss: dict[str, float] = field(default_factory=dict)
+    # Where mode=lora puts adapters (a regex over transformers' module names); None: the family's.
+    lora_targets: str | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -87,28 +96,25 @@ class FamilySpec:
         """What ``from_pretrained`` reads: the local folder, else the hub repository."""
         return self.path if self.path is not None else self.repo
 
+    def with_folder(self, path: str) -> FamilySpec:
+        """This config with its weights from a ``save_pretrained`` folder (``--checkpoint DIR``).
+
+        The folder's config.json and processor files then define the model: a random-init config's
+        architecture (``config``, ``processor``, ``tokenizer``) no longer applies, while a pretrained
+        config's training overrides under ``config`` still do."""
+        if self.repo is not None:
+            return replace(self, path=path, repo=None, revision=None)
+        return replace(self, path=path, repo=None, revision=None, config={}, processor={}, tokenizer=None)
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FamilySpec:
         """Read a model config mapping (the YAML as a dict, or Hydra's ``cfg.model``)."""
         cfg = _plain(cfg)
         name = str(cfg.get("name") or "<unnamed>")
         where = f"model config {name!r}"
-        known = {
-            "name",
-            "family",
-            "paper",
-            "weights",
-            "config",
-            "processor",
-            "tokenizer",
-            "seed",
-            "inference",
-            "evaluation",
-            "loss",
-        }
-        unknown = sorted(set(cfg) - known)
+        unknown = sorted(set(cfg) - KEYS)
         if unknown:
-            raise FamilyConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+            raise FamilyConfigError(f"{where}: unknown keys {unknown}; known: {sorted(KEYS)}")
         family = cfg.get("family")
         if not isinstance(family, str) or not family:
             raise FamilyConfigError(f"{where}: `family` must name a detector family")
@@ -146,7 +152,24 @@ class FamilySpec:
             inference=settings,
             evaluation=evaluation,
             loss={str(k): float(v) for k, v in loss.items()},
+            lora_targets=_lora_targets(cfg, where),
         )
+
+
+def is_family_config(cfg: Mapping[str, Any]) -> bool:
+    """Whether a model config (a mapping, or Hydra's ``cfg.model``) describes a detector family:
+    it names one under ``family:`` (GLIP's configs have ``arch:`` instead)."""
+    return cfg.get("family") is not None
+
+
+def is_family_model(name: str) -> bool:
+    """Whether the shipped ``conf/model/<name>.yaml`` is a detector family's (False: GLIP, or none)."""
+    import yaml
+
+    resource = files("adapt").joinpath("conf", "model", f"{name}.yaml")
+    if not resource.is_file():
+        return False
+    return is_family_config(yaml.safe_load(resource.read_text(encoding="utf-8")) or {})
 
 
 def family_model_config(name: str) -> FamilySpec:
@@ -171,6 +194,15 @@ def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
+
+
+def _lora_targets(cfg: Mapping[str, Any], where: str) -> str | None:
+    value = cfg.get("lora_targets")
+    if value is not None and (not isinstance(value, str) or not value):
+        raise FamilyConfigError(
+            f"{where}: lora_targets={value!r} must be a regex over the model's module names"
+        )
+    return value
 
 
 def _settings(

@@ -23,6 +23,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data.coco import coco_from_dict, load_coco_json
 from adapt.data.errors import DataError, DataWarning
 from adapt.data.io import read_json
@@ -53,20 +54,25 @@ def detections_to_coco(
     predictions: Iterable[Mapping[str, torch.Tensor]],
     targets: Iterable[Mapping[str, Any]],
     category_ids: Sequence[int],
+    boxes: BoxConvention = GLIP_BOXES,
 ) -> list[dict[str, Any]]:
-    """COCO results from per-image predictions (network-input pixels, xyxy, 1-based labels).
+    """COCO results from per-image predictions (xyxy, 1-based labels) of a detector whose boxes
+    follow ``boxes`` (``adapt.boxes``: GLIP's, by default; a family passes its own).
 
     `targets` are the dataset's targets of the same images (image_id, size = network input (h, w),
-    orig_size = original (H, W)). Scaling is the official BoxList.resize: plain per-axis ratios.
+    orig_size = original (H, W)). GLIP's boxes are scaled back as the official BoxList.resize does
+    (plain per-axis ratios) and written with w = x2 - x1 + 1; boxes already in original pixels are
+    written as they are.
     """
     results = []
     for pred, target in zip(predictions, targets, strict=True):
-        boxes = pred["boxes"].detach().float().cpu()
-        if boxes.numel() == 0:
+        xyxy = pred["boxes"].detach().float().cpu()
+        if xyxy.numel() == 0:
             continue
-        boxes = resize_boxes(boxes, tuple(target["size"]), tuple(target["orig_size"]))
+        if not boxes.original_pixels:
+            xyxy = resize_boxes(xyxy, tuple(target["size"]), tuple(target["orig_size"]))
         for box, score, label in zip(
-            coco_xywh(boxes).tolist(),
+            boxes.xywh(xyxy).tolist(),
             pred["scores"].detach().cpu().tolist(),
             pred["labels"].detach().cpu().tolist(),
             strict=True,

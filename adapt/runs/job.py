@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from hydra.utils import instantiate
@@ -31,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from adapt.atomic import write_json
+from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data import Task, build_task
 from adapt.data.validate import check_images
 from adapt.digest import file_sha256
@@ -60,6 +62,9 @@ from adapt.train.datamodule import TaskDataModule
 from adapt.train.loggers import build_logger, close_logger
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol
+
+if TYPE_CHECKING:
+    from adapt.families import DetectorFamily
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +181,7 @@ class Job:
     record: RunRecord
     clock: RunClock
     task: Task
-    model: GLIP
+    model: GLIP | DetectorFamily  # a detector family's job: adapt.runs.family_job
     checkpoint: dict[str, Any]
     prompt: EncodedPrompt
     policy: ModePolicy
@@ -184,14 +189,33 @@ class Job:
     module: GLIPAdaptation
     protocol: FewShotProtocol
     callbacks: list[L.Callback]
+    exporter: Callable[[Path], Path] | None = None  # a detector family's (adapt.runs.family_job)
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    def export(self) -> Path:
+        """Write ``<run>/export``: what the policy exports, with the base model it belongs to."""
+        if self.exporter is not None:
+            return self.exporter(self.run_dir / "export")
+        assert isinstance(self.model, GLIP)
+        return export_run(
+            self.run_dir / "export",
+            self.model,
+            self.policy,
+            self.module.trainable_state_dict(),
+            self.prompt,
+            model_identity(self.model, str(self.cfg.model.name), self.checkpoint),
+            mode=str(self.cfg.mode.name),
+            task=str(self.task.id),
+        )
+
 
 def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) -> Job:
     """Steps 1-2 of the module docstring: the checked inputs, the model under its mode, the pre-flight."""
+    if cfg.model.get("family") is not None:  # a detector family's model config (adapt.families)
+        return build_family_job(cfg, run_dir, record, clock)
     require_dataset(cfg.task)
     task = build_task(cfg.task)
     model, checkpoint = build_model(cfg)
@@ -206,26 +230,11 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
     splits = ("train", "val", "test") if policy.trains else ("val", "test")
     check_images(datamodule.split(s) for s in splits)
 
-    def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        detections, targets = predictions_and_targets(predictions)
-        results = detections_to_coco(detections, targets, task.category_ids)
-        if split == "test" and is_global_zero():  # what `adapt.predict --prompt <run>/export` reproduces
-            write_json(results, run_dir / TEST_DETECTIONS, indent=None)
-        return evaluate(datamodule.split(split).coco, results, max_dets=task.max_dets)
-
+    evaluator = coco_evaluator(task, datamodule, run_dir, GLIP_BOXES)
     optimizer = instantiate(cfg.mode.optimizer) if cfg.mode.get("optimizer") else None
     module = instantiate(cfg.module)(model, policy, prompt, optimizer=optimizer, evaluator=evaluator)
     record.update(params=trainable_counts(model))
-    # The job's own callbacks enforce the protocol and write into this run's folder and record,
-    # so they get their run-time arguments here (conf/recipe and conf/config.yaml hold the rest).
-    ckpt_dir = run_dir / "checkpoints"
-    protocol = instantiate(cfg.recipe.protocol)(
-        best_path=ckpt_dir / BEST_FILE,
-        on_evaluation=lambda history: _record_history(record, history, clock),
-    )
-    callbacks: list[L.Callback] = [protocol, clock]
-    if policy.trains:
-        callbacks.append(instantiate(cfg.last_checkpoint)(dirpath=str(ckpt_dir)))
+    protocol, callbacks = protocol_callbacks(cfg, run_dir, record, clock, policy.trains)
     return Job(
         cfg,
         run_dir,
@@ -241,6 +250,63 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
         protocol,
         callbacks,
     )
+
+
+def build_family_job(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) -> Job:
+    """:func:`build` for a detector family: its parts (``adapt.runs.family_job``), this job's
+    evaluator and protocol callbacks, and the family's export."""
+    from adapt.runs.family_job import build_family_parts
+
+    parts = build_family_parts(cfg, record, lambda task, dm, boxes: coco_evaluator(task, dm, run_dir, boxes))
+    protocol, callbacks = protocol_callbacks(cfg, run_dir, record, clock, parts.policy.trains)
+    return Job(
+        cfg,
+        run_dir,
+        record,
+        clock,
+        parts.task,
+        parts.family,
+        parts.family.identity,
+        parts.prompt,
+        parts.policy,
+        parts.datamodule,
+        parts.module,
+        protocol,
+        callbacks,
+        exporter=parts.export,
+    )
+
+
+def coco_evaluator(
+    task: Task, datamodule: TaskDataModule, run_dir: Path, boxes: BoxConvention
+) -> Callable[[str, list[dict[str, Any]]], dict[str, Any]]:
+    """The module's evaluator: a split's collected detections -> COCO AP (boxes written in the
+    detector's convention, ``adapt.boxes``); the test split's detections are kept in the run folder."""
+
+    def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        detections, targets = predictions_and_targets(predictions)
+        results = detections_to_coco(detections, targets, task.category_ids, boxes=boxes)
+        if split == "test" and is_global_zero():  # what `adapt.predict --prompt <run>/export` reproduces
+            write_json(results, run_dir / TEST_DETECTIONS, indent=None)
+        return evaluate(datamodule.split(split).coco, results, max_dets=task.max_dets)
+
+    return evaluator
+
+
+def protocol_callbacks(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock, trains: bool
+) -> tuple[FewShotProtocol, list[L.Callback]]:
+    """The job's own callbacks: they enforce the protocol and write into this run's folder and
+    record, so they get their run-time arguments here (conf/recipe and conf/config.yaml hold the rest)."""
+    ckpt_dir = run_dir / "checkpoints"
+    protocol = instantiate(cfg.recipe.protocol)(
+        best_path=ckpt_dir / BEST_FILE,
+        on_evaluation=lambda history: _record_history(record, history, clock),
+    )
+    callbacks: list[L.Callback] = [protocol, clock]
+    if trains:
+        callbacks.append(instantiate(cfg.last_checkpoint)(dirpath=str(ckpt_dir)))
+    return protocol, callbacks
 
 
 def fit_and_validate(job: Job, trainer: L.Trainer) -> None:
@@ -268,16 +334,7 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
     test = test_fields(last)
     export_dir = None
     if job.policy.trains and trainer.is_global_zero:
-        export_dir = export_run(
-            job.run_dir / "export",
-            job.model,
-            job.policy,
-            job.module.trainable_state_dict(),
-            job.prompt,
-            model_identity(job.model, str(job.cfg.model.name), job.checkpoint),
-            mode=str(job.cfg.mode.name),
-            task=str(job.task.id),
-        )
+        export_dir = job.export()
     protocol = job.protocol
     job.record.update(
         val_history=protocol.history,

@@ -235,9 +235,13 @@ class TaskDataModule(L.LightningDataModule):
                 split,
                 shots=shots,
                 seed=self.seed,
-                transforms=transforms_from_config(self.resize, split == "train"),
+                transforms=self.transforms(split),
             )
         return self._datasets[split]
+
+    def transforms(self, split: str) -> Any:
+        """A split's transforms: the model's resize rule (training: multi-scale and flip)."""
+        return transforms_from_config(self.resize, split == "train")
 
     def steps_per_epoch(self) -> int:
         """Optimiser steps in one evaluation period (see `steps_per_period`)."""

@@ -5,7 +5,8 @@ depend only on the name, so parameters sharing (lr, weight decay) are grouped he
 same optimisation with fewer groups:
 
 * lr = ``lr``; ``language_backbone.*`` (the BERT text encoder, not the head's BERT layers) uses
-  ``lang_lr`` when it is set;
+  ``lang_lr`` when it is set (a model that names its text encoder otherwise says where it starts:
+  ``text_encoder_prefix``, as a detector family does);
 * a name containing "bias" (this includes ``head.bias_lang``, ``head.bias0`` and Swin's
   ``relative_position_bias_table``) gets lr x ``bias_lr_factor`` and ``bias_weight_decay``.
 """
@@ -19,11 +20,13 @@ import torch
 from torch import nn
 
 
-def lr_and_decay(name: str, opt: Mapping[str, Any]) -> tuple[float, float]:
+def lr_and_decay(
+    name: str, opt: Mapping[str, Any], text_prefix: str = "language_backbone."
+) -> tuple[float, float]:
     """(lr, weight decay) of one parameter under the official rules."""
     lr = float(opt["lr"])
     decay = float(opt["weight_decay"])
-    if name.startswith("language_backbone.") and opt.get("lang_lr") is not None:
+    if name.startswith(text_prefix) and opt.get("lang_lr") is not None:
         lr = float(opt["lang_lr"])
     if "bias" in name:
         lr *= float(opt.get("bias_lr_factor", 1.0))
@@ -37,10 +40,11 @@ def param_groups(model: nn.Module, opt: Mapping[str, Any]) -> list[dict[str, Any
     Each group keeps its parameter names (``names``), so tests and logs can say what got which lr.
     """
     groups: dict[tuple[float, float], dict[str, Any]] = {}
+    text_prefix = str(getattr(model, "text_encoder_prefix", "language_backbone."))
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr, decay = lr_and_decay(name, opt)
+        lr, decay = lr_and_decay(name, opt, text_prefix)
         group = groups.setdefault((lr, decay), {"params": [], "names": [], "lr": lr, "weight_decay": decay})
         group["params"].append(param)
         group["names"].append(name)

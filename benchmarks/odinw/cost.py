@@ -25,6 +25,7 @@ the protocol (early-stop patience + 1 <= E <= epochs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ from benchmarks.odinw.measure import (
     OFFICIAL_TEST_HW,
     Setup,
     data_defaults,
+    family_input,
     measure_model,
     quiet_lightning,
     trainer_precision,
@@ -120,7 +122,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", nargs="+", default=["glip_t"], help="conf/model names (glip_t glip_l glip_mini)"
+        "--model",
+        nargs="+",
+        default=["glip_t"],
+        help="conf/model names (glip_t glip_l glip_mini; detector families: grounding_dino_t owlv2_b16 ...)",
     )
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
@@ -175,16 +180,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def model_input(name: str) -> Mapping[str, Any]:
+    """A model's training and test sizes: GLIP's ``arch.input``, a detector family's processor size."""
+    from adapt.families import is_family_model
+    from adapt.model.config import model_config
+
+    return family_input(name) if is_family_model(name) else model_config(name)["arch"]["input"]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure (unless skipped), combine with the protocol, return the report as plain data."""
-    from adapt.model.config import model_config
+    from adapt.families import is_family_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     quiet_lightning()
-    setup = build_setup(args, model_config(args.model[0])["arch"]["input"])
+    setup = build_setup(args, model_input(args.model[0]))
+    if is_family_model(args.model[0]):
+        # A family's processor resizes every image to its own size: that is the one training and
+        # test scale (--size and --image-hw set the synthetic images it resizes).
+        sizes = model_input(args.model[0])
+        scales = tuple(int(v) for v in sizes["min_size_train"])
+        setup = dataclasses.replace(
+            setup,
+            train_scales=scales,
+            recipe_scales=scales,
+            max_size_train=int(sizes["max_size_train"]),
+            test_size=int(sizes["min_size_test"]),
+            max_size_test=int(sizes["max_size_test"]),
+        )
     sizes = load_sizes()
     recipes = load_shots_recipes()
     modes = (ZERO_MODE, *[m for m in args.modes if m != ZERO_MODE])

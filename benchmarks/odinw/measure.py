@@ -178,12 +178,18 @@ def _mode_cfg(mode: str) -> Any:
 def build_module(
     model_name: str, mode: str, task: str, device: str = "cpu", use_checkpoint: bool = True
 ) -> Any:
-    """GLIPAdaptation over a seeded random ``model_name`` with ``mode``'s policy, for ``task``'s prompt.
+    """GLIPAdaptation over a seeded random ``model_name`` with ``mode``'s policy, for ``task``'s prompt
+    (a detector family's model config: :func:`build_family_module`).
 
     ``use_checkpoint`` pins the fusion's checkpointing (default: on, the official setting, so that
     counts and times do not depend on the free memory ``auto`` would look at).
     """
     from hydra.utils import instantiate
+
+    from adapt.families import is_family_model
+
+    if is_family_model(model_name):
+        return build_family_module(model_name, mode, task, device)
 
     from adapt.data import build_task
     from adapt.model import GLIPConfig, build_glip
@@ -205,6 +211,67 @@ def build_module(
     optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
     module = GLIPAdaptation(model, build_policy(mode_cfg), prompt, optimizer=optimizer, evaluator=_no_metrics)
     return module.to(device)
+
+
+def build_family_module(model_name: str, mode: str, task: str, device: str = "cpu") -> Any:
+    """FamilyAdaptation as the job builds it, over the family's architecture with seeded random
+    weights (a pretrained config's config.json and processor files are read, its weights are not)."""
+    from hydra.utils import instantiate
+
+    from adapt.config import compose_config
+    from adapt.data import build_task
+    from adapt.families import build_family, family_model_config
+    from adapt.modes import build_policy
+    from adapt.modes.family import FamilyPolicy
+    from adapt.train.family_module import FamilyAdaptation
+
+    family = build_family(family_model_config(model_name), random_weights=True)
+    prompt = family.encode_prompt(build_task(compose_config([f"task={task}"]).task).class_names)
+    mode_cfg = _mode_cfg(mode)
+    optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
+    policy = FamilyPolicy(build_policy(mode_cfg), prompt)
+    module = FamilyAdaptation(family, policy, prompt, optimizer=optimizer, evaluator=_no_metrics)
+    return module.to(device)
+
+
+def family_input(model_name: str) -> dict[str, Any]:
+    """A family's image size as GLIP's ``arch.input`` keys: its processor's (one scale: the processor
+    resizes every image to it; no multi-scale training)."""
+    from adapt.families import build_family, family_model_config
+
+    size = dict(
+        build_family(family_model_config(model_name), random_weights=True).processor.image_processor.size
+    )
+    short = int(size.get("shortest_edge") or min(size["height"], size["width"]))
+    long = int(size.get("longest_edge") or max(size["height"], size["width"]))
+    return {"min_size_train": [short], "max_size_train": long, "min_size_test": short, "max_size_test": long}
+
+
+def _is_family(module: Any) -> bool:
+    from adapt.train.family_module import FamilyAdaptation
+
+    return isinstance(module, FamilyAdaptation)
+
+
+def _pipeline(module: Any, setup: Setup, scale: int | None) -> tuple[Any, Any]:
+    """The job's transform and collate for ``module``: GLIP's resize rule and batching, or a
+    family's (original images, flipped in training, through its processor in the collate)."""
+    from adapt.train.datamodule import GLIPCollate
+
+    if not _is_family(module):
+        return _transform(setup, scale), GLIPCollate(module.prompt, module.model.cfg.input)
+    from adapt.data.transforms import Compose, RandomHorizontalFlip
+    from adapt.train.family_data import FamilyCollate
+
+    transform = Compose([RandomHorizontalFlip()] if scale is not None else [])
+    return transform, FamilyCollate(module.family.processor.image_processor)
+
+
+def _padded_hw(batch: dict[str, Any]) -> list[int]:
+    """The (padded) network input size of a collated batch."""
+    if "batches" in batch:
+        return list(batch["batches"][0].pixel_values.shape[-2:])
+    return list(batch["images"].shape[-2:])
 
 
 def _no_metrics(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -237,8 +304,8 @@ def train_step_flops(module: Any, batch: dict[str, Any]) -> FlopCount:
     """FLOPs of one training step of ``module`` on ``batch``: its own ``training_step`` and the
     backward pass, on the module's device (the fixed prompt is encoded before, as the job does)."""
     module.train()
-    if module.text_cached():
-        module.text_features(1)  # the job encodes the fixed prompt once, before its first step
+    if module.text_cached():  # the job encodes the fixed prompt once, before its first step
+        module.family_text() if _is_family(module) else module.text_features(1)
 
     def step() -> None:
         module.training_step(batch, 0).backward()
@@ -265,22 +332,20 @@ def eval_flops(module: Any, batch: dict[str, Any]) -> FlopCount:
 
 def measure_train(model_name: str, mode: str, setup: Setup) -> dict[str, Any]:
     """t_step and FLOPs per step of ``mode`` at every training scale (see the module docstring)."""
-    from adapt.train.datamodule import GLIPCollate
-
     per_scale = setup.warmup + setup.reps
     scales = list(setup.train_scales)
-    transforms = {s: _transform(setup, s) for s in scales}
     weights = timed_scale_weights(scales, setup.recipe_scales, setup.batch)
     out: dict[str, Any] = {"mode": mode, "scales": []}
 
-    def dataset(module: Any) -> tuple[SyntheticImages, GLIPCollate]:
+    def dataset(module: Any) -> tuple[SyntheticImages, Any]:
+        pipelines = {s: _pipeline(module, setup, s) for s in scales}
         data = SyntheticImages(
             len(scales) * per_scale * setup.batch,
             setup.image_hw,
             len(module.prompt.class_names),
-            lambda i: transforms[scales[i // (per_scale * setup.batch)]],
+            lambda i: pipelines[scales[i // (per_scale * setup.batch)]][0],
         )
-        return data, GLIPCollate(module.prompt, module.model.cfg.input)
+        return data, pipelines[scales[0]][1]
 
     if setup.flops:
         module = build_module(model_name, mode, setup.task, setup.device)
@@ -289,7 +354,7 @@ def measure_train(model_name: str, mode: str, setup: Setup) -> dict[str, Any]:
         for k in range(len(scales)):
             start = k * per_scale * setup.batch
             batch = collate([data[start + j] for j in range(setup.batch)])
-            padded.append(list(batch["images"].shape[-2:]))
+            padded.append(_padded_hw(batch))
             counts.append(train_step_flops(module, _to(batch, setup.device)))
         out["padded_hw"] = padded
         out["trainable_params"] = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
@@ -344,22 +409,20 @@ def _time_train(
 
 def measure_eval(model_name: str, setup: Setup) -> dict[str, Any]:
     """t_img and FLOPs per evaluated image (zero-shot policy: the prompt is encoded once per job)."""
-    from adapt.train.datamodule import GLIPCollate
-
-    transform = _transform(setup, None)
     n = (setup.warmup + setup.reps) * setup.eval_batch
     out: dict[str, Any] = {}
 
-    def dataset(module: Any) -> tuple[SyntheticImages, GLIPCollate]:
+    def dataset(module: Any) -> tuple[SyntheticImages, Any]:
         classes = len(module.prompt.class_names)
+        transform, collate = _pipeline(module, setup, None)
         data = SyntheticImages(n, setup.test_hw, classes, lambda i: transform, seed=1)
-        return data, GLIPCollate(module.prompt, module.model.cfg.input)
+        return data, collate
 
     if setup.flops:
         module = build_module(model_name, ZERO_MODE, setup.task, setup.device)
         data, collate = dataset(module)
         batch = collate([data[i] for i in range(setup.eval_batch)])
-        out["padded_hw"] = list(batch["images"].shape[-2:])
+        out["padded_hw"] = _padded_hw(batch)
         count = eval_flops(module, _to(batch, setup.device))
         out["flops_per_image"] = count.total / setup.eval_batch
         out["flops_by_op"] = {k: v / setup.eval_batch for k, v in count.by_op.items()}

@@ -23,15 +23,11 @@ LINEAR = {
     "grounding_dino": {
         "model.decoder.layer_norm",
         "model.decoder.bbox_embed.0",  # = bbox_embed.* (shared by every decoder layer)
-        "model.enc_output_norm",
-        "model.encoder_output_bbox_embed",
     },
     "mm_grounding_dino": {
         "model.decoder.layer_norm",
         "model.decoder.bbox_embed.0",
         "model.decoder.class_embed.0",  # the contrastive head's logit bias
-        "model.enc_output_norm",
-        "model.encoder_output_bbox_embed",
         "model.encoder_output_class_embed",
     },
     "owlv2": {"class_head", "box_head"},
@@ -89,8 +85,11 @@ def test_each_mode_trains_exactly_its_set(name: str, mode: str):
         assert {n for n in changed if "lora_B" in n}  # B starts at zero and moves first
         assert all(fam.hf.get_submodule(m).training is False for m in (*fam.vision_modules, fam.text_encoder))
     else:
-        assert len(trainable) == len(list(fam.parameters()))
+        frozen = modes.mode_group(fam, "full")
+        assert frozen and len(trainable) == len(list(fam.parameters())) - len(frozen)
         assert fam.training and all(m.training for m in fam.modules())
+    # Every trainable tensor is reached by the loss (DDP stops on one without a gradient).
+    assert [n for n, p in fam.named_parameters() if p.requires_grad and p.grad is None] == []
     if mode in ("prompt", "linear"):
         assert not any(m.training for m in fam.hf.modules())  # the whole detector runs in eval mode
 
