@@ -9,8 +9,11 @@ post-processing, boxes in original pixels. adapt's side is ``Detector.predict`` 
 ``adapt.predict`` runs) with a class list encoded once beforehand (the deployed file has its text
 baked in; BERT is not timed on either side). The ONNX sides are ``adapt.deploy.runtime`` with
 onnxruntime's graph optimisations on (``ORT_ENABLE_ALL``), one per deformable-convolution form
-(``DeformConv`` and gather + GEMM), and optionally the ``deformconv`` file after onnxruntime's
-dynamic int8 quantisation (weights int8, activations quantised per call), with its accuracy cost.
+(``DeformConv`` and gather + GEMM; the gather form needs ~9 GB at this size), optionally the first
+form's file after onnxruntime's dynamic int8 quantisation (weights int8, activations quantised per
+call) with its accuracy cost, and optionally (``--eager-cut``) adapt's eager model with the text cut
+after its last real token as the deployed graph has it, which separates the runtime's share of the
+speed-up from the cut's.
 
 Each side lives in its own worker process (model or session built once, one untimed warm-up), and
 the driver asks them in turn for one timed prediction (side 1, 2, 3, 1, 2, 3, ...), so every side
@@ -69,13 +72,19 @@ def build_detector(args: argparse.Namespace) -> Any:
 
 
 def worker(args: argparse.Namespace) -> int:
-    if args.side == "eager":
+    if args.side in ("eager", "eager_cut"):
         import torch
+
+        from adapt.deploy.graph import used_tokens
+        from adapt.model.language import TextFeatures
 
         detector = build_detector(args)
         query = detector._text_query(detector.encode(classes=CLASSES)[0])
         with torch.no_grad():
             text = query.text(1)
+        if args.side == "eager_cut":  # adapt's model with the deployed graph's text: cut after its tokens
+            keep = used_tokens(text.mask)
+            text = TextFeatures(text.hidden[:, :keep], text.mask[:, :keep], text.embedded[:, :keep])
         detector._queries = lambda *a, **k: [type(query)(query.names, query.label_to_tokens, lambda n: text)]
 
         def predict() -> Any:
@@ -214,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--forms", nargs="+", default=["deformconv", "gather"], help="deformable-conv forms")
     parser.add_argument("--int8", action="store_true", help="also time the dynamic int8 quantisation")
+    parser.add_argument(
+        "--eager-cut",
+        action="store_true",
+        help="also time adapt's eager model with the text cut to its tokens",
+    )
     parser.add_argument("--onnx-dir", help="keep (and reuse) the exported files here")
     parser.add_argument("--json", help="write the times, medians, ratios and agreement here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -239,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         image = tmp_path / "image.jpg"
         make_image(image, args.height, args.width)
         sides: list[tuple[str, Path | None]] = [("eager", None)]
+        if args.eager_cut:
+            sides.append(("eager_cut", None))
         exports: dict[str, float] = {}
         for form in args.forms:
             onnx_file = files_dir / f"{args.model}_{form}.onnx"
@@ -254,9 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
         procs = {}
         for name, onnx_file in sides:
-            procs[name] = start_worker(
-                "eager" if name == "eager" else "onnx", args, image, onnx_file, tmp_path / f"{name}.json"
-            )
+            side = name if name.startswith("eager") else "onnx"
+            procs[name] = start_worker(side, args, image, onnx_file, tmp_path / f"{name}.json")
             ask(procs[name])  # built and warmed up (one at a time: building is heavy too)
         times: dict[str, list[float]] = {name: [] for name, _ in sides}
         cpu: dict[str, list[float]] = {name: [] for name, _ in sides}

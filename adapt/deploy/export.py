@@ -243,6 +243,13 @@ def export_onnx(
     """Write the deployed detector of ``source`` to ``out`` (atomically); returns the path."""
     model = DeployedGLIP(source.model, source.text, source.label_to_tokens).eval()
     sizes = graph_sizes(model)
+    smallest = sizes["height"]["min"] - sizes["height"]["multiple"]  # a short side above this pads to min
+    if source.model.cfg.input.min_size_test <= smallest:
+        raise DeployError(
+            f"input.min_size_test={source.model.cfg.input.min_size_test} resizes images below the "
+            f"{sizes['height']['min']} px the graph needs (Swin's last stage must be wider than its window); "
+            f"export with --min-size {smallest + 1} or more"
+        )
     program = _program(model, sizes, deform_conv)
     proto = program.model_proto
     meta = metadata(source, model, sizes, deform_conv)

@@ -68,3 +68,12 @@ def test_an_export_whose_mode_cannot_be_deployed_yet(tmp_path, capsys):
     assert f"{export / CONFIG_FILE}: mode 'distill' (policy no_such_package.modes.Distill)" in err
     assert "cannot be exported to ONNX yet; deployable modes: full, linear, lora, prompt" in err
     assert not out.exists()
+
+
+def test_a_test_size_too_small_for_one_graph(tmp_path, capsys):
+    """Below 256 px Swin shrinks its window to the map: one graph cannot hold both, so it is refused."""
+    flags = ["--classes", "tree", "--model", "glip_mini", "--checkpoint", str(CHECKPOINT), "--min-size", "96"]
+    assert main(["export", *flags, "--out", str(tmp_path / "d.onnx")]) == 2
+    err = _one_line_error(capsys)
+    assert "input.min_size_test=96 resizes images below the 256 px the graph needs" in err
+    assert "--min-size 225 or more" in err
