@@ -69,11 +69,13 @@ def _check(meta: dict[str, Any], where: str) -> None:
     def number(x: Any) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool)
 
-    names, labels = meta.get("class_names"), meta.get("labels")
+    names: Any = meta.get("class_names")
+    labels: Any = meta.get("labels")
     need("class_names", isinstance(names, list) and all(isinstance(n, str) for n in names))
     need("labels", isinstance(labels, list) and all(isinstance(v, int) and v >= 1 for v in labels))
     need("labels", len(labels) == len(names))
-    inp, inf = meta.get("input"), meta.get("inference")
+    inp: Any = meta.get("input")
+    inf: Any = meta.get("inference")
     need("input", isinstance(inp, dict))
     for key in ("min_size_test", "max_size_test", "size_divisibility"):
         need(f"input.{key}", isinstance(inp.get(key), int) and inp[key] > 0)
@@ -86,7 +88,8 @@ def _check(meta: dict[str, Any], where: str) -> None:
         need(f"inference.{key}", number(inf.get(key)))
     for key in ("pre_nms_top_n", "detections_per_image"):
         need(f"inference.{key}", isinstance(inf.get(key), int) and inf[key] >= 0)
-    anchors, coder = meta.get("anchors"), meta.get("box_coder")
+    anchors: Any = meta.get("anchors")
+    coder: Any = meta.get("box_coder")
     need("anchors", isinstance(anchors, dict))
     for key in ("sizes", "strides"):
         need(
@@ -97,7 +100,7 @@ def _check(meta: dict[str, Any], where: str) -> None:
     need("box_coder", isinstance(coder, dict) and number(coder.get("bbox_xform_clip")))
     need("box_coder.weights", isinstance(coder.get("weights"), list) and len(coder["weights"]) == 4)
     need("box_coder.weights", all(number(v) for v in coder["weights"]))
-    graph = meta.get("graph")
+    graph: Any = meta.get("graph")
     need("graph", isinstance(graph, dict))
     need("graph.input", isinstance(graph.get("input"), str))
     need(
@@ -107,7 +110,7 @@ def _check(meta: dict[str, Any], where: str) -> None:
     need("graph.levels", graph.get("levels") == len(anchors["strides"]))
     need("graph.outputs", len(graph["outputs"]) == 3 * graph["levels"])
     for axis in ("batch", "height", "width"):
-        dim = graph.get(axis)
+        dim: Any = graph.get(axis)
         need(f"graph.{axis}", isinstance(dim, dict))
         need(
             f"graph.{axis}",

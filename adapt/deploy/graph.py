@@ -70,6 +70,13 @@ def pooling(label_to_tokens: Mapping[int, Sequence[int]]) -> tuple[Tensor, Tenso
 class DeployedGLIP(nn.Module):
     """GLIP's image side with a constant text; ``forward(images [B, 3, H, W])`` -> the outputs above."""
 
+    text_hidden: Tensor
+    text_embedded: Tensor
+    text_mask: Tensor
+    pool_index: Tensor
+    pool_weight: Tensor
+    pool_count: Tensor
+
     def __init__(self, model: GLIP, text: TextFeatures, label_to_tokens: Mapping[int, Sequence[int]]) -> None:
         super().__init__()
         self.cfg = model.cfg

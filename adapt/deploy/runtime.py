@@ -137,7 +137,7 @@ class DeployedDetector:
         """RGB PIL image -> resized, normalised [3, h, w] float32 (adapt's Resize, ToTensor, normalize)."""
         h, w = resize_shape(image.height, image.width, self.min_size, self.max_size)
         if (h, w) != (image.height, image.width):
-            image = image.resize((w, h), Image.BILINEAR)
+            image = image.resize((w, h), Image.Resampling.BILINEAR)
         rgb = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(F32) / F32(255)
         return (rgb[::-1] * F32(255) - self.mean) / self.std
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,7 +100,8 @@ def from_export(
     sizes and settings, the run's caption) with its text computed once and LoRA merged."""
     export = load_export(path)
     check_deployable(export)
-    detector = Detector.from_export(path, model=model, checkpoint=checkpoint)
+    weights = Path(checkpoint) if checkpoint is not None else None
+    detector = Detector.from_export(Path(path), model=model, checkpoint=weights)
     glip = detector.model.eval()
     if detector.prompt is not None:  # a prompt export: its embeddings, no text encoder
         text = detector.prompt.text_features(1)
@@ -132,7 +134,7 @@ def from_classes(
         from adapt.download import require_checkpoint
 
         checkpoint = require_checkpoint(official)  # the official weights, verified, from the cache
-    detector = Detector.from_config(model, checkpoint=checkpoint)
+    detector = Detector.from_config(model, checkpoint=Path(checkpoint) if checkpoint is not None else None)
     # A model without released weights (glip_mini) gets build_glip's seeded random init.
     weights = checkpoint_identity(checkpoint)
     return from_detector(
