@@ -244,3 +244,30 @@ def test_mdetr_flickr_file_opens_as_the_same_captions(tmp_path, flickr_root):
     assert [(e["image_id"], e["sentence_id"]) for e in entries] == [("1001", 0), ("1001", 1), ("1002", 0)]
     result = evaluate_flickr(samples, entries)
     assert result["any_box"]["R@1"] == 100.0 and result["phrases"] == 6
+
+
+def test_the_module_reads_each_captions_text_and_caches_the_backbone_per_image(flickr_task):
+    from adapt.model import build_glip
+    from adapt.modes import build_policy
+    from adapt.train.feature_cache import view_keys
+    from adapt.train.grounding import GroundingAdaptation
+    from tests.model.test_forward_oracle import mini_config
+
+    model = build_glip(mini_config())
+    module = GroundingAdaptation(model, build_policy({"name": "prompt"}), feature_cache_mb=64)
+    dataset = flickr_task.dataset("test", transforms=transforms_from_config(TINY, False))
+    batch = GroundingCollate(flickr_task_input())([dataset[0], dataset[1]])  # two captions of 1001
+    with torch.no_grad():
+        text = module.text_features(2, batch)
+        alone = model.encode_text(batch["input_ids"][1:], batch["attention_mask"][1:])
+        assert torch.allclose(text.hidden[1], alone.hidden[0], atol=1e-5)
+        # the tower's output depends on the caption: not cached; the backbone's is keyed by the image
+        assert module.backbone_cacheable() and not module.tower_cacheable(batch)
+        keys = view_keys(batch)
+        assert keys is not None and keys[0] == keys[1]
+        cached = module.cached_inputs(batch, text)
+        assert set(cached) == {"features"} and len(module.feature_cache) == 1
+        losses = model(batch["images"], batch["image_sizes"], text=text, targets=batch["targets"], **cached)
+    assert torch.isfinite(losses["total"])
+    with pytest.raises(ValueError, match="carries its captions' input_ids"):
+        module.text_features(2, {"images": batch["images"]})
