@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torchvision.transforms.functional as F
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
@@ -104,7 +105,9 @@ class GroundingTask:
     max_boxes: int = 100
     merge_boxes: bool = False
     images_help: str = flickr.IMAGES_HELP
-    _cache: dict[str, dict[str, list[GroundingSample]]] = field(default_factory=dict, repr=False)
+    _cache: dict[str, dict[str, list[GroundingSample]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     type: ClassVar[str] = GROUNDING
 
@@ -327,8 +330,6 @@ class GroundingDataset(Dataset):
             "size": hw,
         }
         if self.transforms is None:
-            import torchvision.transforms.functional as F
-
             return F.to_tensor(image), target
         return self.transforms(image, target)
 

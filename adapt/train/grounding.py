@@ -101,7 +101,9 @@ class GroundingDataModule(TaskDataModule):
     def split(self, split: str) -> GroundingDataset:  # type: ignore[override]
         """The split's dataset (opened once): K images for train and val, the whole test split."""
         if split not in self._datasets:
-            shots = self.shots if split != "test" and self.shots != 0 else "all"
+            shots = self.shots if split != "test" else "all"
+            if split == "val" and self.shots == 0:
+                shots = "all"  # zero-shot validates on the whole split, as for detection
             self._datasets[split] = self.grounding_task.dataset(  # type: ignore[assignment]
                 split,
                 shots=shots,

@@ -21,7 +21,7 @@ import torch
 
 from adapt.evaluate import main as evaluate_main
 from adapt.runs.job import run_job
-from tests.grounding.conftest import MDETR_FLICKR, MDETR_REFCOCO, write_flickr, write_json
+from tests.grounding.conftest import FLICKR, MDETR_FLICKR, MDETR_REFCOCO, write_flickr, write_json
 from tests.train.train_helpers import TINY_INPUT, compose_job
 
 # An untrained head scores every token near its prior (0.01): a zero threshold keeps boxes to rank.
@@ -135,3 +135,31 @@ def test_the_command_line(tmp_path):
     )
     assert missing.returncode == 2
     assert "Flickr30K webpage" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_gather_every_caption_once(tmp_path):
+    """DDP (2 gloo processes): each rank predicts its share, the gathered set is every test caption.
+
+    The val image is 1001 (three captions to score): every rank needs one (Lightning refuses an
+    empty evaluation loader on a rank, and the evaluation sampler pads nothing, as for detection).
+    """
+    splits = {"train": ["1003"], "val": ["1001"], "test": ["1001", "1002"]}
+    root = write_flickr(tmp_path / "flickr30k_entities", FLICKR, splits)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "adapt.run", "task=flickr30k", f"task.data_root={root}", "mode=prompt"]
+    command += ["trainer=debug", "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    command += ["data.num_workers=0", "logger=none", f"hydra.run.dir={run_dir}", *TINY_INPUT, *SHORT]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = check_run(run_dir)
+    assert results["machine"]["processes"] == 2
+    assert (results["test"]["phrases"], results["test"]["sentences"]) == (8, 4)  # 2 + 2, none twice
+    entries = json.loads((run_dir / "test_grounding.json").read_text())
+    assert sorted((e["image_id"], e["sentence_id"]) for e in entries) == [
+        ("1001", 0),
+        ("1001", 1),
+        ("1001", 3),
+        ("1002", 0),
+    ]
