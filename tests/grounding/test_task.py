@@ -267,7 +267,5 @@ def test_the_module_reads_each_captions_text_and_caches_the_backbone_per_image(f
         assert keys is not None and keys[0] == keys[1]
         cached = module.cached_inputs(batch, text)
         assert set(cached) == {"features"} and len(module.feature_cache) == 1
-        losses = model(batch["images"], batch["image_sizes"], text=text, targets=batch["targets"], **cached)
-    assert torch.isfinite(losses["total"])
     with pytest.raises(ValueError, match="carries its captions' input_ids"):
         module.text_features(2, {"images": batch["images"]})
