@@ -29,6 +29,7 @@ def _main(cfg: DictConfig) -> float | None:
     from adapt.data.errors import DataError
     from adapt.download import DownloadError, MissingDataError
     from adapt.export import ExportError
+    from adapt.families import FamilyConfigError, FamilyLoadError
     from adapt.model.checkpoint import CheckpointError
     from adapt.prompt import PromptTooLongError
     from adapt.runs.config import ConfigError
@@ -46,6 +47,8 @@ def _main(cfg: DictConfig) -> float | None:
         CheckpointError,
         PromptTooLongError,
         ExportError,
+        FamilyConfigError,
+        FamilyLoadError,
         RunLockedError,
     ) as exc:
         # Bad input or missing files: the message names the file and the fix; a traceback adds nothing.

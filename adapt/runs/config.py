@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from adapt.data.grounding_task import is_grounding_config
 from adapt.grid import normalize_shots
 from adapt.modes import build_policy
 from adapt.runs.resume import parse_resume
@@ -47,6 +48,14 @@ def check_config(cfg: DictConfig) -> None:
         )
     if trains:
         _check_recipe(cfg, shots)
+    if OmegaConf.select(cfg, "model.family", default=None) is not None and is_grounding_config(
+        cfg.get("task") or {}
+    ):
+        raise ConfigError(
+            f"model={OmegaConf.select(cfg, 'model.name')} is a detector family ({cfg.model.family}), which "
+            f"runs detection tasks only; task={OmegaConf.select(cfg, 'task.name')} is phrase grounding "
+            "(GLIP models: glip_t, glip_l, ...)"
+        )
     _check_int("seed", cfg.get("seed"), "an integer (the paper's seeds are 3, 30 and 300)")
     try:
         parse_resume(cfg.get("resume"))
