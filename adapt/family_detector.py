@@ -160,9 +160,8 @@ class FamilyDetector:
         batch_size: int | None = None,
     ) -> list[Detections]:
         """Detect ``classes`` (chunked to the text limit), or a loaded export's, in every image."""
-        single = isinstance(images, str | Path | Image.Image)
-        items = [images] if single else list(images)  # type: ignore[list-item]
-        pil = [read_image(im) if isinstance(im, str | Path) else im.convert("RGB") for im in items]  # type: ignore[union-attr]
+        items: list[ImageInput] = [images] if isinstance(images, str | Path | Image.Image) else list(images)
+        pil = [read_image(im) if isinstance(im, str | Path) else im.convert("RGB") for im in items]
         text = None
         if classes is None:
             if self.export_prompt is None:

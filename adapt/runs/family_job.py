@@ -36,6 +36,7 @@ from adapt.families import DetectorFamily, FamilySpec, build_family
 from adapt.modes import ModePolicy, build_policy
 from adapt.modes.family import FamilyPolicy, export_family_run
 from adapt.prompt import EncodedPrompt
+from adapt.runs.config import ConfigError
 from adapt.runs.results import RunRecord
 from adapt.train.datamodule import TaskDataModule
 from adapt.train.family_data import FamilyDataModule
@@ -78,6 +79,8 @@ def build_family_parts(cfg: DictConfig, record: RunRecord, evaluator_for: Evalua
     """``adapt.runs.job.build`` for a family: checked inputs, the family under its mode, the pre-flight."""
     require_dataset(cfg.task)
     task = build_task(cfg.task)
+    if not isinstance(task, Task):  # adapt.runs.config.check_config refuses this before
+        raise ConfigError(f"model={cfg.model.name}: a detector family runs detection tasks only")
     spec = FamilySpec.from_config(cfg.model)
     family = build_family(spec)
     record.update(checkpoint=family.identity)

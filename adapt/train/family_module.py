@@ -140,7 +140,7 @@ class FamilyAdaptation(GLIPAdaptation):
         for images in batch["batches"]:
             detections = self.family(images, self.prompt, text=text, settings=self.family.evaluation)
             for j, i in enumerate(images.index):
-                found[i] = detections[j]  # type: ignore[index]
+                found[i] = detections[j]
         for det, target in zip(found, targets, strict=True):
             assert det is not None
             self._predictions.append(

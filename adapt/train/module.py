@@ -325,7 +325,7 @@ def gather_predictions(predictions: list[dict[str, Any]]) -> list[dict[str, Any]
     return interleave(per_rank)
 
 
-def trainable_counts(model: GLIP) -> dict[str, int]:
+def trainable_counts(model: torch.nn.Module) -> dict[str, int]:
     """Trainable and total parameter counts (results.json ``params``)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
