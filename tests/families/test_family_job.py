@@ -174,3 +174,12 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path:
     ta = load_file(straight / "export" / "adapter_model.safetensors")
     tb = load_file(resumed / "export" / "adapter_model.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_a_grounding_task_is_refused_for_a_family_by_name():
+    from adapt.runs.config import ConfigError, check_config
+
+    cfg = compose_job("grounding_dino_mini", "task=flickr30k", "mode=zero", "shots=0")
+    with pytest.raises(ConfigError, match=r"model=grounding_dino_mini is a detector family .*task=Flickr30k"):
+        check_config(cfg)
+    check_config(compose_job("grounding_dino_mini", "mode=zero", "shots=0"))  # detection: accepted
