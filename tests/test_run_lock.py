@@ -124,3 +124,50 @@ def test_the_lock_appears_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir.os, "link", link)
     with rundir.run_lock(tmp_path) as path:
         assert json.loads(seen[0])["pid"] == os.getpid() and path.read_text() == seen[0]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _hold(folder: str, held, release) -> None:
+    with rundir.run_lock(folder):
+        held.set()
+        release.wait(120)
+
+
+@pytest.mark.skipif(fork is None, reason="forks the process that holds the lock")
+def test_a_locked_out_process_writes_nothing_into_the_running_folder(tmp_path, monkeypatch, capsys):
+    """Hydra's .hydra/*.yaml and run.log of the running job stay as they are: the second start (here
+    `adapt.run` in this process, Hydra and all) stops before either is written (adapt.runs.claim)."""
+    from adapt.run import main
+
+    folder = tmp_path / "busy"
+    (folder / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (folder / ".hydra" / name).write_text(f"# the running job's {name}\n")
+    (folder / "run.log").write_text("[the running job's log]\n")
+    held, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_hold, args=(str(folder), held, release))  # the running job
+    holder.start()
+    try:
+        assert held.wait(60)
+        before = _snapshot(folder)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["adapt", f"hydra.run.dir={folder}", "logger=none", "trainer=debug"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert _snapshot(folder) == before
+    finally:
+        release.set()
+        holder.join(60)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"adapt: error: {folder} is in use by another run (host {socket.gethostname()}, pid {holder.pid}, "
+    ) in err
+    assert "Traceback" not in err

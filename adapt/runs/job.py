@@ -41,6 +41,7 @@ from adapt.model import GLIP, GLIPConfig, build_glip, load_checkpoint
 from adapt.modes import ModePolicy, build_policy, export_run
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
 from adapt.runs import sweep
+from adapt.runs.claim import claim_folder
 from adapt.runs.config import check_config
 from adapt.runs.logfilter import configure_run_logging
 from adapt.runs.precision import resolve_precision
@@ -55,11 +56,14 @@ from adapt.runs.results import (
 from adapt.runs.resume import check_resume_file, resume_checkpoint
 from adapt.runs.rundir import RunLockedError, lock_holder, run_lock
 from adapt.runs.signals import EXIT_SIGTERM, sigterm_raises
+from adapt.runs.storage import RunFolderError, storage_errno, unfinished_run_error
 from adapt.runs.summary import print_summary
+from adapt.train.checkpoint_io import AtomicCheckpointIO
 from adapt.train.datamodule import TaskDataModule
 from adapt.train.loggers import build_logger, close_logger
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol
+from adapt.train.workers import stop_workers, stop_workers_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +81,29 @@ def run_job(cfg: DictConfig, run_dir: str | os.PathLike[str] | None = None) -> f
     folder = Path(run_dir) if run_dir is not None else (sweep.hydra_output_dir() or Path(os.getcwd()))
     configure_run_logging(quiet=bool(cfg.get("quiet", True)))
     if not lock_holder():
-        return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
+        return sweep.run_job(cfg, lambda c: _ending_cleanly(c, folder), run_dir=folder)
     try:
         with run_lock(folder):
-            return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
-    except RunLockedError as exc:
+            claim_folder(cfg, folder)  # Hydra's records and run.log: only now (adapt.runs.claim)
+            return sweep.run_job(cfg, lambda c: _ending_cleanly(c, folder), run_dir=folder)
+    except (RunLockedError, RunFolderError) as exc:
         if not sweep.in_sweep(cfg):
             raise
         log.error("%s; the sweep goes on", exc)  # that folder's own process records its result
         return None
+
+
+def _ending_cleanly(cfg: DictConfig, run_dir: Path) -> float | None:
+    """:func:`train_and_evaluate`; a failure stops the DataLoader workers (adapt.train.workers: else
+    the process hangs at exit), and a full or read-only disk is one sentence (adapt.runs.storage)."""
+    stop_workers_at_exit()
+    try:
+        return train_and_evaluate(cfg, run_dir)
+    except Exception as exc:
+        stop_workers()
+        if storage_errno(exc) is None:
+            raise
+        raise unfinished_run_error(run_dir, exc) from exc
 
 
 _warned_untrained: set[str] = set()
@@ -154,8 +172,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], l
     and checkpoint paths) exist only at run time, and ``precision: auto`` depends on the machine
     the job lands on; every other Trainer argument comes from the config as it is.
     """
+    # last.ckpt whole or not at all (adapt.train.checkpoint_io), unless the config chose plugins
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     return instantiate(
         cfg.trainer,
+        **plugins,
         precision=resolve_precision(cfg.trainer),
         default_root_dir=str(run_dir),
         logger=logger if logger is not None else False,

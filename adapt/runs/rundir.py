@@ -43,7 +43,8 @@ GRACE_S = 5.0
 GIVE_UP_S = 30.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -143,7 +144,7 @@ def _stale_reason(folder: Path, path: Path, info: dict[str, Any], grace_s: float
         return f"taking over the unreadable lock {path} (empty or not JSON, written {age:.0f} s ago)"
     host, pid = held.get("host"), held.get("pid")
     same_host = host == info["host"]
-    if same_host and isinstance(pid, int) and pid != info["pid"] and _pid_alive(pid):
+    if same_host and isinstance(pid, int) and pid != info["pid"] and pid_alive(pid):
         raise RunLockedError(
             f"{folder} is in use by another run (host {host}, pid {pid}, started "
             f"{held.get('started_at')}): wait for it to finish, or give this run other "
