@@ -129,3 +129,73 @@ def test_kill_9_and_sigterm_with_workers_resume_to_the_undisturbed_export(tmp_pa
     assert results["status"] == "complete" and results["resumed"]
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (run_dir / "export" / name).read_bytes() == (undisturbed / "export" / name).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# A worker that raises ends the run
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int):
+        raise ValueError(f"sample {index} cannot be read")
+
+
+def test_workers_of_a_failed_iterator_are_stopped():
+    """The workers ignore SIGTERM (datamodule.init_worker), so an iterator kept alive by an exception
+    used to leave them for multiprocessing's exit handler, which waited for them for ever."""
+    from adapt.train.datamodule import init_worker
+    from adapt.train.workers import stop_workers
+
+    batches = iter(torch.utils.data.DataLoader(_Broken(), num_workers=2, worker_init_fn=init_worker))
+    with pytest.raises(ValueError, match="cannot be read"):
+        next(batches)
+    workers = list(batches._workers)  # still alive: `batches` holds them, as a traceback would
+    assert all(w.is_alive() for w in workers)
+    assert stop_workers() == 2
+    assert not any(w.is_alive() for w in workers)
+
+
+FAILING_RUN = """
+import sys
+import torch
+sys.path.insert(0, {helpers!r})
+from train_helpers import compose_job
+import adapt.data.coco as coco
+from adapt.runs.job import run_job
+
+read = coco.CocoDetection.__getitem__
+
+def broken(self, index):
+    if torch.utils.data.get_worker_info() is not None:
+        raise ValueError("a worker cannot read this sample")
+    return read(self, index)
+
+coco.CocoDetection.__getitem__ = broken
+run_job(compose_job("mode=prompt", "shots=1", "data.num_workers=2"), run_dir=sys.argv[1])
+"""
+
+
+@pytest.mark.slow  # a real run whose DataLoader worker raises (tens of seconds); -m slow
+def test_a_run_whose_worker_raises_ends_instead_of_hanging(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(FAILING_RUN.format(helpers=str(Path(__file__).parent)))
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the run hung after its DataLoader worker raised")
+    assert proc.returncode == 1 and "a worker cannot read this sample" in err
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "failed"
