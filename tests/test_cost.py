@@ -274,8 +274,9 @@ def _check_markdown_tables(text: str) -> int:
 @pytest.mark.parametrize(
     ("modes", "jobs"),
     [
-        # full fine-tuning alone: 13 x (1 zero-shot + 4 shots x 3 seeds + 1 full-data) runs
-        pytest.param(("full",), 13 * 14, id="full"),
+        # full fine-tuning and the cached linear probe (a mode whose YAML has a defaults list):
+        # 13 x (1 zero-shot + 2 modes x (4 shots x 3 seeds + 1 full-data)) runs
+        pytest.param(("full", "linear_cached"), 13 * 27, id="full-and-linear_cached"),
         pytest.param(
             ("prompt", "linear", "full", "lora"), 520 + 169, id="every-mode", marks=pytest.mark.slow
         ),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from adapt.data.coco import CocoDetection, unreadable_images_error
 from adapt.data.errors import DataError
+from adapt.data.grounding_task import GroundingDataset
 from adapt.data.io import decode_image
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _decode(path: Path) -> str | None:
     return None
 
 
-def empty_split_error(ds: CocoDetection) -> DataError:
+def empty_split_error(ds: CocoDetection | GroundingDataset) -> DataError:
     """A split without images: the run would train, then fail where it evaluates it."""
     key = ds.split.split(",")[0]
     purpose = "train on" if key == "train" else "evaluate"
@@ -63,11 +64,13 @@ def empty_split_error(ds: CocoDetection) -> DataError:
     )
 
 
-def check_images(datasets: Iterable[CocoDetection], threads: int | None = None) -> ImageCheck:
+def check_images(
+    datasets: Iterable[CocoDetection | GroundingDataset], threads: int | None = None
+) -> ImageCheck:
     """Decode every image the given splits read (each file once); raise a DataError on an empty
     split, or on the first unreadable image, naming the file, its annotation file and split, and
     counting the others."""
-    owner: dict[Path, CocoDetection] = {}
+    owner: dict[Path, CocoDetection | GroundingDataset] = {}
     splits = []
     for ds in datasets:
         if len(ds) == 0:
