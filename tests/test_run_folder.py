@@ -123,14 +123,17 @@ def test_a_run_folder_that_cannot_be_written_is_one_sentence(tmp_path, monkeypat
 def test_a_run_log_on_a_disk_that_fills_stops_with_one_line(tmp_path, capsys):
     handler = claim.RunLog(str(tmp_path / "run.log"), encoding="utf-8")
     root = logging.getLogger()
-    root.addHandler(handler)
+    # Only this handler: an in-process Hydra run earlier in the session leaves a console handler on
+    # the root logger whose stream (an earlier test's captured stderr) is closed by now.
+    kept = root.handlers[:]
+    root.handlers = [handler]
     try:
         handler.stream = _FullDisk(handler._open())
         for _ in range(3):
             root.warning("a line the disk has no room for")
         assert handler not in root.handlers
     finally:
-        root.removeHandler(handler)
+        root.handlers = kept
         handler.close()
     err = capsys.readouterr().err
     assert "Logging error" not in err and "Traceback" not in err

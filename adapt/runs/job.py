@@ -47,6 +47,8 @@ from adapt.runs.config import check_config
 from adapt.runs.grounding import build_grounding, grounding_test_fields
 from adapt.runs.logfilter import configure_run_logging
 from adapt.runs.precision import resolve_precision
+from adapt.runs.progress import ProgressLines, stdout_is_terminal
+from adapt.runs.record import RESULTS_FILE
 from adapt.runs.results import (
     RunClock,
     RunRecord,
@@ -140,8 +142,30 @@ def build_model(cfg: DictConfig) -> tuple[GLIP, dict[str, Any]]:
         return model, {"file": None, "sha256": None, "random_init_seed": 0}
     report = load_checkpoint(model, path)
     log.info("%s", report)
-    configured = cfg.model.get("checkpoint", {}).get("sha256") if not cfg.get("checkpoint") else None
-    return model, {"file": Path(str(path)).name, "sha256": configured or file_sha256(Path(str(path)))}
+    if cfg.get("checkpoint") and report.missing:
+        log.warning(
+            "checkpoint=%s holds no value for %d of the model's parameters (%s...): they keep their "
+            "random init; a prompt or LoRA export, or a full fine-tune of a model with frozen stages, "
+            "is not a whole model",
+            path,
+            len(report.missing),
+            report.missing[0],
+        )
+    if not cfg.get("checkpoint"):
+        configured = cfg.model.get("checkpoint", {}).get("sha256")
+        return model, {"file": Path(str(path)).name, "sha256": configured or file_sha256(Path(str(path)))}
+    return model, user_checkpoint_identity(Path(str(path)))
+
+
+def user_checkpoint_identity(path: Path) -> dict[str, Any]:
+    """A ``checkpoint=`` file as results and exports record it: name and SHA-256, plus the path the
+    run was given, and where the file is a run's export (``<run>/export/adapter_model.safetensors``,
+    a run started from a fine-tuned one) that run's folder, so a reader can tell which it was."""
+    identity: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path), "path": str(path.absolute())}
+    run = path.absolute().parent.parent
+    if path.parent.name == "export" and (run / RESULTS_FILE).is_file():
+        identity["run"] = str(run)
+    return identity
 
 
 def task_prompt(task: Any, model: GLIP) -> EncodedPrompt:
@@ -249,6 +273,8 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
         metric=metric,
     )
     callbacks: list[L.Callback] = [protocol, clock]
+    if policy.trains and not stdout_is_terminal():  # nohup, SLURM: a line per evaluation period
+        callbacks.append(ProgressLines(protocol, metric))
     if policy.trains:
         callbacks.append(instantiate(cfg.last_checkpoint)(dirpath=str(ckpt_dir)))
     return Job(
@@ -325,8 +351,9 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
             job.module.trainable_state_dict(),
             job.prompt,
             model_identity(job.model, str(job.cfg.model.name), job.checkpoint),
-            mode=str(job.cfg.mode.name),
+            mode=sweep.hydra_choices().get("mode") or str(job.cfg.mode.name),  # linear_cached: its own name
             task=str(job.task.id),
+            eval_batch_size=max(job.datamodule.eval_batch_size // trainer.world_size, 1),  # per process
         )
     protocol = job.protocol
     job.record.update(
