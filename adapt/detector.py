@@ -76,6 +76,8 @@ class Detector:
         # What predict() detects when given no classes: an export's own caption and, where the
         # mode learned them, its stored text features (then the text encoder is dropped).
         self.export_text: InferenceText | None = None
+        # The run's evaluation batch size, where a loaded export records it (from_export).
+        self.recorded_batch_size: int | None = None
 
     @property
     def default_classes(self) -> list[str]:
@@ -189,9 +191,8 @@ class Detector:
         text = policy.load_export(artifact, glip)
         if text.features is not None:
             glip.language_backbone = None  # type: ignore[assignment]  # the stored text replaces it
-        if batch_size is None:
-            batch_size = artifact.eval_batch_size or 4
-        detector = cls(glip, device=device, batch_size=batch_size)
+        detector = cls(glip, device=device, batch_size=batch_size or artifact.eval_batch_size or 4)
+        detector.recorded_batch_size = artifact.eval_batch_size
         detector.load_report = report
         detector.export_text = text
         return detector

@@ -184,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             detector = Detector.from_config(
                 args.model or "glip_t", args.checkpoint, args.device, batch_size=args.batch_size or 1
             )
+        if args.batch_size is None and detector.recorded_batch_size is None:
+            detector.batch_size = 1  # an export from before the size was recorded: one at a time
         override_settings(detector, args, from_export=bool(args.prompt))
         results = detector.predict(images, classes=classes)
         names = classes or detector.default_classes

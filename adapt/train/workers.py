@@ -14,25 +14,37 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import signal
 
 JOIN_TIMEOUT_S = 5.0
 
 _registered = False
 
 
-def _is_worker(process: multiprocessing.process.BaseProcess) -> bool:
-    from torch.utils.data._utils.worker import _worker_loop
-
-    return getattr(process, "_target", None) is _worker_loop
-
-
 def stop_workers() -> int:
-    """Kill this process's live DataLoader workers and reap them; returns how many there were."""
-    workers = [p for p in multiprocessing.active_children() if _is_worker(p)]
-    for process in workers:
-        process.kill()
-    for process in workers:
-        process.join(JOIN_TIMEOUT_S)
+    """Kill this process's live DataLoader workers and reap them; returns how many there were.
+
+    The workers are the process's daemonic children: a started process no longer holds its target
+    (``Process.start`` drops it), so they cannot be told by it; daemonic children are what
+    multiprocessing's exit handler would terminate anyway, and a run starts no others.
+    """
+    workers = [p for p in multiprocessing.active_children() if p.daemon]
+    if not workers:
+        return 0
+    # torch's SIGCHLD handler would raise "DataLoader worker ... is killed by signal" over the
+    # error that is ending the run: the default disposition while they are killed and reaped.
+    try:
+        handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except ValueError:  # not the main thread: signal handlers cannot be changed here
+        handler = None
+    try:
+        for process in workers:
+            process.kill()
+        for process in workers:
+            process.join(JOIN_TIMEOUT_S)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGCHLD, handler)
     return len(workers)
 
 

@@ -179,7 +179,8 @@ def test_a_run_whose_output_is_not_a_terminal_logs_a_line_per_evaluation_period(
     """Issue 24 item 17: under nohup or SLURM an 18-minute run said nothing until its summary."""
     import re
 
-    cfg = compose_job("mode=prompt", "shots=1", "trainer.max_steps=2")
+    periods = ["trainer.max_steps=-1", "trainer.max_epochs=2", "recipe.stop_patience=1000"]
+    cfg = compose_job("mode=prompt", "shots=1", *periods)
     monkeypatch.setattr("adapt.runs.job.stdout_is_terminal", lambda: False)
     with caplog.at_level("INFO", logger="adapt.runs.progress"):
         run_job(cfg, run_dir=tmp_path / "file")
@@ -197,5 +198,5 @@ def test_a_run_whose_output_is_not_a_terminal_logs_a_line_per_evaluation_period(
     caplog.clear()
     monkeypatch.setattr("adapt.runs.job.stdout_is_terminal", lambda: True)  # the progress bar shows it
     with caplog.at_level("INFO", logger="adapt.runs.progress"):
-        run_job(cfg, run_dir=tmp_path / "terminal")
+        run_job(compose_job("mode=prompt", "shots=1", "trainer.max_steps=1"), run_dir=tmp_path / "terminal")
     assert not [r for r in caplog.records if r.name == "adapt.runs.progress"]

@@ -154,7 +154,7 @@ def test_workers_of_a_failed_iterator_are_stopped():
         next(batches)
     workers = list(batches._workers)  # still alive: `batches` holds them, as a traceback would
     assert all(w.is_alive() for w in workers)
-    assert stop_workers() == 2
+    assert stop_workers() >= 2  # these two, and any an earlier test left behind
     assert not any(w.is_alive() for w in workers)
 
 
