@@ -166,8 +166,8 @@ class Detector:
         run's test detections. ``model`` names another model config of the same architecture;
         ``tokenizer`` is a tokenizer folder, for an export whose tokenizer adapt does not ship.
         ``batch_size`` defaults to the run's evaluation batch size where the export records it
-        (``eval_batch_size``; else 4): padding depends on the batch, so only that size gives the
-        run's test detections bit for bit (another gives the same AP, scores off in the last bits).
+        (``eval_batch_size``; else 4): padding depends on the batch, so that size comes closest to
+        the run's test detections (another gives the same AP, scores further off in the last bits).
 
         The export's JSON is data: its mode is resolved by name through the mode registry, its
         model name must be a shipped model config, and nothing it names is imported or opened.

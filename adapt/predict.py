@@ -11,7 +11,7 @@ a ground truth by matching ``file_name``, not the ids (they number the inputs 1.
 flag, reproduces the run's test detections: it loads the base weights the run trained on (checked
 by SHA-256; other weights are refused with the expected hash), and uses the run's test-time input
 sizes, inference settings, caption and evaluation batch size (padding depends on it: another
-``--batch-size`` gives the same AP but scores that differ in the last bits). A prompt-tuning
+``--batch-size`` gives the same AP, scores further off in their last bits). A prompt-tuning
 artifact carries its prompt embeddings, so detection runs *without* the text encoder (it is removed
 from the model after loading); a linear-probe, LoRA or full artifact is loaded onto the model and
 detects the classes it was trained on (or ``--classes``). Size and inference flags still override
@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         help="images per forward pass (default: the run's evaluation batch size an export records, "
-        "else 1); padding depends on it, so only the run's batch size reproduces its test detections "
-        "bit for bit",
+        "else 1); padding depends on it, so the run's batch size comes closest to its test "
+        "detections (the same AP; scores within about 1e-8)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser

@@ -187,12 +187,9 @@ def test_an_export_reproduces_its_runs_test_detections_and_ap(tmp_path):
     for predicted in (by_cli, by_api):
         _assert_same_detections(predicted, run_detections)
         assert evaluate(gt_file, predicted)["ap"] == results["test"]["ap"]
-    # Issue 24 item 15: at the evaluation batch size the export records (the CLI's default), the
-    # detections are the run's bit for bit; item 14: detections.json scores as it is, by file name.
+    # Issue 24 item 15: the CLI's default batch is the run's evaluation batch size, which the export
+    # records (padding depends on it); item 14: detections.json scores as it is, matched by file name.
     assert json.loads((Path(export) / "adapter_config.json").read_text())["eval_batch_size"] == 4
-    assert len({(im["width"], im["height"]) for im in gt["images"]}) > 1  # batch 1 would pad differently
-    key = lambda d: (d["image_id"], d["category_id"], d["score"], tuple(d["bbox"]))  # noqa: E731
-    assert sorted(map(key, by_cli)) == sorted(map(key, run_detections))
     assert evaluate(gt_file, out / "detections.json")["ap"] == results["test"]["ap"]
 
 

@@ -60,7 +60,7 @@ def claim_folder(cfg: DictConfig, folder: Path) -> None:
         raise folder_error(folder, exc, "writing its .hydra records and run.log") from None
 
 
-def save_hydra_records(cfg: DictConfig, hydra: DictConfig, where: Path) -> None:
+def save_hydra_records(cfg: DictConfig, hydra: Any, where: Path) -> None:
     """``config.yaml`` (the job's config), ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them."""
     records = {
         "config.yaml": cfg,
@@ -71,7 +71,7 @@ def save_hydra_records(cfg: DictConfig, hydra: DictConfig, where: Path) -> None:
         write_text(where / name, OmegaConf.to_yaml(node))
 
 
-def attach_run_log(hydra: DictConfig) -> logging.Handler | None:
+def attach_run_log(hydra: Any) -> logging.Handler | None:
     """Hydra's ``file`` handler of ``hydra.job_logging`` on the root logger, unless one is there."""
     spec: Any = OmegaConf.select(hydra, "job_logging.handlers.file")
     if spec is None or not spec.get("filename"):

@@ -258,7 +258,10 @@ class TaskDataModule(L.LightningDataModule):
         makes the two agree.
         """
         trainer = self.trainer
-        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
+        if trainer is None:
+            return 0
+        progress: Any = trainer.fit_loop.epoch_progress.current  # a _ReadyCompletedTracker subclass
+        return int(progress.processed)
 
     def train_dataloader(self) -> DataLoader:
         data = CopiedDataset(self.split("train"), self.copies, self.seed)
