@@ -74,9 +74,10 @@ class Detector:
         # A prompt-tuning artifact: its stored embeddings replace the text encoder (see from_export).
         self.prompt: Export | None = None
         # What predict() detects when given no classes: the classes an exported run was trained on,
-        # with the run's own caption (a linear, LoRA or full export; a prompt export stores its text).
+        # with the run's own caption (a linear, LoRA or full export; a prompt export stores its text),
+        # or a list of captions of those classes, detected as one prompt ensemble (adapt.model.ensemble).
         self.default_classes: list[str] = []
-        self.default_prompt: EncodedPrompt | None = None
+        self.default_prompt: EncodedPrompt | list[EncodedPrompt] | None = None
 
     @classmethod
     def from_config(
@@ -274,7 +275,14 @@ class Detector:
             raise ValueError("a prompt artifact replaced the text encoder: call predict without classes")
         return [self._text_query(p) for p in self.encode(classes, caption, phrases)]
 
-    def _text_query(self, p: EncodedPrompt) -> _Query:
+    def _text_query(self, p: EncodedPrompt | list[EncodedPrompt]) -> _Query:
+        if isinstance(p, list):  # a prompt ensemble: the model combines the prompts' class scores
+            queries = [self._text_query(q) for q in p]
+            return _Query(
+                queries[0].names,
+                [q.label_to_tokens for q in queries],
+                lambda n: [q.text(n) for q in queries],
+            )
         return _Query(
             dict(zip(p.labels, p.class_names, strict=True)),
             p.label_to_tokens,
@@ -308,5 +316,5 @@ class _Query:
     """What one forward pass needs on the text side."""
 
     names: dict[int, str]  # label -> class name
-    label_to_tokens: dict[int, list[int]]
-    text: Callable[[int], TextFeatures]  # batch size -> text features
+    label_to_tokens: dict[int, list[int]] | list[dict[int, list[int]]]  # a list: one map per prompt
+    text: Callable[[int], TextFeatures | list[TextFeatures]]  # batch size -> text features

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 ZERO_MODE = "zero"
 ALL_SHOTS = "all"
+# Other evaluation-only modes follow the zero-shot rule when named zero_<method> (zero_ensemble).
+ZERO_SHOT_PREFIX = ZERO_MODE + "_"
 # The seed that the once-only runs (zero-shot, full data) use when the sweep yaml does not say;
 # 3 is the first of the official few-shot seeds 3/30/300 (glip_spec.md 4.5).
 DEFAULT_CANONICAL_SEED = 3
@@ -103,13 +105,18 @@ def mode_sort_key(mode: str) -> tuple[int, str]:
     return (MODE_ORDER.index(mode), "") if mode in MODE_ORDER else (len(MODE_ORDER), mode)
 
 
+def is_zero_shot_mode(mode: str) -> bool:
+    """`zero` and the other evaluation-only modes (`zero_<method>`): they run once, at shots=0."""
+    return mode == ZERO_MODE or mode.startswith(ZERO_SHOT_PREFIX)
+
+
 def point_skip_reason(point: GridPoint, canonical_seed: int = DEFAULT_CANONICAL_SEED) -> str | None:
     """Why `point` is a redundant corner of the product grid, or None if it must run.
 
     This is the single statement of the paper's protocol; the job and the report's expected
     grid both use it, so they cannot disagree about which jobs should exist.
     """
-    if point.mode == ZERO_MODE:
+    if is_zero_shot_mode(point.mode):
         if point.shots != 0:
             return "zero-shot is evaluated once per task and model, at shots=0"
         if point.seed != canonical_seed:

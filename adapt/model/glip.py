@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from adapt.model.anchors import AnchorGenerator
 from adapt.model.backbone import Backbone
 from adapt.model.config import GLIPConfig
+from adapt.model.context_prompt import ContextPrompt
+from adapt.model.ensemble import ensemble_detect
 from adapt.model.head import VLDyHead
 from adapt.model.language import TextFeatures, build_language_backbone, encode_text
 from adapt.model.loss import ATSSLoss
@@ -48,6 +50,8 @@ class GLIP(nn.Module):
         # Official prompt tuning (tunable_linear): absent until enable_prompt_tuning().
         self.prompt_offset: nn.Parameter | None
         self.register_parameter("prompt_offset", None)
+        # Learned context vectors in BERT's input (CoOp, adapt.model.context_prompt), when a mode adds them.
+        self.context_prompt: ContextPrompt | None = None
 
     def enable_prompt_tuning(self) -> nn.Parameter:
         """Add the official prompt-tuning offset (``tunable_linear``), zero-initialised.
@@ -63,17 +67,24 @@ class GLIP(nn.Module):
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """BERT features of tokenised prompts [B, L]; reusable across images of the same prompt."""
+        if self.context_prompt is not None:
+            return self.context_prompt.encode(self.language_backbone, input_ids, attention_mask)
         return encode_text(self.language_backbone, input_ids, attention_mask)
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """Every parameter :meth:`encode_text` reads: its output can be reused while none trains."""
+        context = list(self.context_prompt.parameters()) if self.context_prompt is not None else []
+        return [*self.language_backbone.parameters(), *context]
 
     def forward(
         self,
         images: Tensor,
         image_sizes: Sequence[tuple[int, int]],
-        text: TextFeatures | None = None,
+        text: TextFeatures | Sequence[TextFeatures] | None = None,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         targets: Sequence[Mapping[str, Any]] | None = None,
-        label_to_tokens: Mapping[int, Sequence[int]] | None = None,
+        label_to_tokens: Mapping[int, Sequence[int]] | Sequence[Mapping[int, Sequence[int]]] | None = None,
         features: list[Tensor] | None = None,
         fused: tuple[list[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
@@ -90,7 +101,17 @@ class GLIP(nn.Module):
             features: the backbone's P3..P7 for ``images``, computed before (skips Swin + FPN).
             fused: the tower's (visual maps, token features) for ``images`` and ``text``, computed
                 before (skips the backbone and the tower; ``adapt.train.feature_cache``).
+
+        A list of ``text`` with a list of ``label_to_tokens`` (one per prompt, same labels) is a prompt
+        ensemble: detections combined at the class-score level (``adapt.model.ensemble``), inference only.
         """
+        if isinstance(text, Sequence):
+            if targets is not None or fused is not None or not isinstance(label_to_tokens, Sequence):
+                raise ValueError(
+                    "a prompt ensemble (a list of text features) detects only: give one label_to_tokens "
+                    "per prompt, and no targets or fused features"
+                )
+            return ensemble_detect(self, images, image_sizes, text, label_to_tokens, features)
         if text is None:
             if input_ids is None or attention_mask is None:
                 raise ValueError("GLIP.forward needs `text` or `input_ids` and `attention_mask`")

@@ -11,7 +11,7 @@ from pathlib import Path
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
-from adapt.sweep import ZERO_MODE, Shots, shots_sort_key
+from adapt.sweep import ZERO_MODE, Shots, is_zero_shot_mode, shots_sort_key
 
 _MAX_LISTED = 200
 
@@ -31,8 +31,9 @@ def avg_text(avg: Average | None) -> str:
 
 
 def paper_mode(mode: str, shots: Shots) -> str:
-    """The 0 column of every mode's table is the zero-shot evaluation."""
-    return ZERO_MODE if shots == 0 else mode
+    """The 0 column of every mode's table is the zero-shot evaluation (an evaluation-only mode,
+    `zero_<method>`, shows its own)."""
+    return ZERO_MODE if shots == 0 and not is_zero_shot_mode(mode) else mode
 
 
 def rel(path: Path | None, base: Path) -> str:
@@ -144,7 +145,22 @@ def _mode_table(mr: ModelReport, mode: str, report: Report) -> list[str]:
         if mr.paper_model:
             avg_row.append(fmt(report.paper.table_average(mr.paper_model, paper_mode(mode, s), s)))
     rows.append(avg_row)
-    return ["", f"### {mr.mode_title(mode)} (`mode={mode}`)", "", *md_table(header, rows)]
+    title = ["", f"### {mr.mode_title(mode)} (`mode={mode}`)", ""]
+    return [*title, *_params_line(mr, mode), *md_table(header, rows)]
+
+
+def _params_line(mr: ModelReport, mode: str) -> list[str]:
+    """The trainable parameter count the mode's runs recorded (a range where it depends on the task)."""
+    counts = mr.mode_params.get(mode) or []
+    if not counts:
+        return []
+    low, high = counts[0][0], counts[-1][0]
+    if high == 0:
+        return ["Trainable parameters: none (evaluation only).", ""]
+    trained = f"{low:,}" if low == high else f"{low:,} to {high:,} (by task)"
+    total = counts[-1][1]
+    share = f" of {total:,} ({100 * high / total:.3g}%)" if total else ""
+    return [f"Trainable parameters: {trained}{share}.", ""]
 
 
 def _model_section(

@@ -45,7 +45,7 @@ from adapt.rundir import RunLockedError, lock_holder, run_lock
 from adapt.train.config import check_config
 from adapt.train.export import export_run, model_identity
 from adapt.train.loggers import build_logger, close_logger
-from adapt.train.modes import build_policy
+from adapt.train.modes import ModePolicy, build_policy
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol
 from adapt.train.results import (
@@ -152,10 +152,12 @@ def build_model(cfg: DictConfig) -> tuple[GLIP, dict[str, Any]]:
     return model, {"file": Path(str(path)).name, "sha256": configured or sha256_of(Path(str(path)))}
 
 
-def task_prompt(task: Any, model: GLIP) -> EncodedPrompt:
-    """The task's fixed caption: all categories in label order (official DISABLE_SHUFFLE training)."""
+def task_prompt(task: Any, model: GLIP, policy: ModePolicy | None = None) -> EncodedPrompt:
+    """The task's fixed caption: all categories in label order (official DISABLE_SHUFFLE training),
+    laid out by the mode's policy when it learns words of it (context tokens)."""
     tokenizer = load_tokenizer(model.cfg.language.tokenizer)
-    return encode_prompt(
+    encode = policy.encode_prompt if policy is not None else encode_prompt
+    return encode(
         task.class_names, tokenizer, task.caption_prompts, max_query_len=model.cfg.language.max_query_len
     )
 
@@ -310,8 +312,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
     task = build_task(cfg.task)
     model, checkpoint = build_model(cfg)
     record.update(checkpoint=checkpoint)
-    prompt = task_prompt(task, model)
     policy = build_policy(cfg.mode)
+    prompt = task_prompt(task, model, policy)
     trains = policy.trains
     record.update(mode_label=policy.title)
     # conf/data is a partial: the task, its prompt and the model's input sizes are built above.
@@ -386,7 +388,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
         test = test_fields(module.last_eval)
 
         export_dir = None
-        if trains and trainer.is_global_zero:
+        if policy.exports and trainer.is_global_zero:
             export_dir = export_run(
                 run_dir / "export",
                 model,

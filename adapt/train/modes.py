@@ -21,7 +21,7 @@ The official code spreads a mode over three places (``finetune.train()``, the mo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,12 +29,14 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from adapt.model import GLIP
+from adapt.model import GLIP, TextFeatures
 from adapt.model.fusion import VLFuse
+from adapt.prompt import MAX_QUERY_LEN, CaptionPrompt, EncodedPrompt, encode_prompt
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
     from adapt.detector import Detector
-    from adapt.prompt import EncodedPrompt
     from adapt.train.export import Export
 
 MODE_DIR = Path(__file__).resolve().parents[1] / "conf" / "mode"
@@ -82,6 +84,37 @@ class ModePolicy:
     @property
     def title(self) -> str:
         return self.label or self.name
+
+    @property
+    def exports(self) -> bool:
+        """Whether a run leaves an export (training modes; an evaluation-only mode may have one too)."""
+        return self.trains
+
+    # -- the task's prompt and detection ---------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        class_names: Sequence[str],
+        tokenizer: PreTrainedTokenizerFast,
+        caption_prompts: Sequence[CaptionPrompt | None] | None = None,
+        max_query_len: int = MAX_QUERY_LEN,
+    ) -> EncodedPrompt:
+        """The task's caption (a mode that learns words of it, as context tokens do, lays it out)."""
+        return encode_prompt(class_names, tokenizer, caption_prompts, max_query_len=max_query_len)
+
+    def detect(
+        self,
+        model: GLIP,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        text: TextFeatures,
+        prompt: EncodedPrompt,
+    ) -> list[dict[str, Tensor]]:
+        """Evaluation detections of a batch given the task prompt's text features (an ensemble of
+        prompts detects differently)."""
+        out = model(images, image_sizes, text=text, label_to_tokens=prompt.label_to_tokens)
+        assert isinstance(out, list)
+        return out
 
     # -- training --------------------------------------------------------------------------------
 

@@ -187,13 +187,14 @@ def build_module(
 
     cfg = GLIPConfig.from_dict(model_config(model_name)["arch"])
     model = build_glip(cfg)
-    prompt = task_prompt(build_task(OmegaConf.load(CONF / "task" / f"{task}.yaml")), model)
+    mode_cfg = _mode_cfg(mode)
+    policy = build_policy(mode_cfg)
+    prompt = task_prompt(build_task(OmegaConf.load(CONF / "task" / f"{task}.yaml")), model, policy)
     for fuse in model.modules():
         if isinstance(fuse, VLFuse):
             fuse.checkpoint_policy = fuse.use_checkpoint = use_checkpoint
-    mode_cfg = _mode_cfg(mode)
     optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
-    module = GLIPAdaptation(model, build_policy(mode_cfg), prompt, optimizer=optimizer, evaluator=_no_metrics)
+    module = GLIPAdaptation(model, policy, prompt, optimizer=optimizer, evaluator=_no_metrics)
     return module.to(device)
 
 
