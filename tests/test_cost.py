@@ -351,3 +351,24 @@ def test_deform_conv2d_is_counted_as_its_gemm():
     assert set(forward.by_op) == {"torchvision.deform_conv2d"}
     both = count_flops(lambda: deform_conv2d(x, offset, weight, padding=1).sum().backward())
     assert both.total == 3 * forward.total  # backward: the grads of the columns and of the weight
+
+
+def test_relative_cost_divides_each_step_by_full_and_each_method_image_by_zero_shot():
+    from benchmarks.odinw.render import _relative
+
+    models = {
+        "glip_t": {
+            "train": {
+                "full": {"flops_per_step": 800.0, "t_step": 16.0, "peak_memory_mb": 4000.0},
+                "fusion_prompt": {"flops_per_step": 400.0, "t_step": 8.0},
+            },
+            "eval": {"flops_per_image": 100.0, "t_img": 2.0},
+            "eval_modes": {"zero_ensemble": {"flops_per_image": 250.0, "t_img": 5.0}},
+        }
+    }
+    rows = [line for line in _relative({"models": models}) if line.startswith("| glip_t")]
+    assert rows == [
+        "| glip_t | training step, `fusion_prompt` / `full` | 0.50 | 0.50 | – |",
+        "| glip_t | evaluated image, `zero_ensemble` / zero-shot | 2.50 | 2.50 | – |",
+    ]
+    assert cost.EVAL_ONLY_MODES == ("zero_ensemble",) and "fusion_prompt" in cost.MEASURABLE_MODES

@@ -61,10 +61,17 @@ from benchmarks.odinw.protocol import (
 from benchmarks.odinw.render import render_markdown
 
 # The paper's three training modes are measured by default; any configured mode whose policy
-# trains can be named (conf/mode/, so a new mode needs no edit here).
+# trains can be named (conf/mode/, so a new mode needs no edit here), and any other evaluation-only
+# mode besides zero-shot (zero_ensemble) with --eval-modes.
 TRAIN_MODES = ("prompt", "linear", "full")
 MEASURABLE_MODES = tuple(
     sorted((m for m in mode_names() if policy_class({"name": m}).trains), key=mode_sort_key)
+)
+EVAL_ONLY_MODES = tuple(
+    sorted(
+        (m for m in mode_names() if m != ZERO_MODE and not policy_class({"name": m}).trains),
+        key=mode_sort_key,
+    )
 )
 # Example peak for --peak-tflops: NVIDIA's datasheet figure for H100 SXM, dense FP16/BF16 tensor
 # cores (no sparsity). A datasheet number, not a measurement.
@@ -120,6 +127,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=MEASURABLE_MODES)
+    parser.add_argument(
+        "--eval-modes",
+        nargs="+",
+        default=[],
+        choices=EVAL_ONLY_MODES,
+        help="evaluation-only modes to measure per image next to zero-shot (not in the hours)",
+    )
     parser.add_argument(
         "--batch", type=int, default=int(data["batch_size"]), help="training batch (conf/data default)"
     )
@@ -193,9 +207,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for name in args.model:
         if setup.timing or setup.flops:
-            models[name] = measure_model(name, args.modes, setup)
+            models[name] = measure_model(name, args.modes, setup, args.eval_modes)
         else:
-            models[name] = {"model": name, "train": {}, "eval": None}
+            models[name] = {"model": name, "train": {}, "eval": None, "eval_modes": {}}
 
     sweeps = {name: read_sweep(args.sweep, name) for name in args.model} if args.sweep else {}
     estimates = []

@@ -248,3 +248,33 @@ def test_the_shipped_yamls_document_their_policies():
         text = (CONF / "mode" / f"{name}.yaml").read_text()
         assert f"_target_: {_TARGETS[name]}" in text
     assert json.dumps(_TARGETS)  # plain names, recorded by exports
+
+
+@pytest.mark.parametrize(
+    ("model_name", "total", "default", "readme_example"),
+    [("glip_t", 231_780_222, 1_228_800, 8_601_600), ("glip_l", 430_422_384, 1_638_400, 11_468_800)],
+)
+def test_trainable_counts_on_the_released_architectures(model_name, total, default, readme_example):
+    """The figures docs/DESIGN.md and benchmarks/README.md quote: SDPT at its code's default (100
+    tokens in every fusion layer) and at its README's example (700), CoOp's shared context."""
+    from adapt.model import GLIP, GLIPConfig
+    from adapt.model.config import model_config
+    from adapt.model.fusion_prompt import fusion_attentions
+
+    with torch.device("meta"):  # counts only: no memory, no init time
+        model = GLIP(GLIPConfig.from_dict(model_config(model_name)["arch"]))
+    assert sum(p.numel() for p in model.parameters()) == total
+
+    def trainable(mode: str, **settings) -> int:
+        for attn in fusion_attentions(model):  # the previous method off again
+            attn.fusion_prompt = None
+        model.context_prompt = None
+        policy = _policy(mode, **settings)
+        policy.encode_prompt(CLASSES, load_tokenizer())
+        policy.apply(model)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    assert trainable("fusion_prompt") == default
+    assert trainable("fusion_prompt", num_tokens=700) == readme_example
+    assert trainable("context_prompt", length=4) == 4 * 768
+    assert trainable("context_prompt", length=4, class_specific=True) == 3 * 4 * 768
