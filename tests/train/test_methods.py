@@ -278,3 +278,32 @@ def test_trainable_counts_on_the_released_architectures(model_name, total, defau
     assert trainable("fusion_prompt", num_tokens=700) == readme_example
     assert trainable("context_prompt", length=4) == 4 * 768
     assert trainable("context_prompt", length=4, class_specific=True) == 3 * 4 * 768
+
+
+@pytest.mark.slow  # three real demo runs (tens of seconds each); run with -m slow
+@pytest.mark.parametrize("mode", ["fusion_prompt", "context_prompt", "zero_ensemble"])
+def test_a_demo_run_exports_what_adapt_predict_reproduces_with_no_other_flag(tmp_path, mode):
+    from adapt.evaluate import evaluate
+    from adapt.predict import main
+    from adapt.train.job import TEST_DETECTIONS, run_job
+    from tests.test_predict import _assert_same_detections
+
+    cfg = compose_job(f"mode={mode}", "trainer.max_steps=2", "model.arch.inference.score_threshold=0.0")
+    run_dir = tmp_path / "run"
+    ap = run_job(cfg, run_dir=run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "complete" and results["mode"] == mode and results["test"]["ap"] == ap
+    assert results["mode_label"] == build_policy({"name": mode}).label
+    gt_file = DEMO / "annotations" / "test.json"
+    gt = json.loads(gt_file.read_text())
+    images = [str(DEMO / "images" / im["file_name"]) for im in gt["images"]]
+    out = tmp_path / "predicted"
+    assert main([*images, "--prompt", results["export"], "--out", str(out)]) == 0
+    ids = [im["id"] for im in gt["images"]]
+    cats = [c["id"] for c in gt["categories"]]
+    predicted = [
+        {**a, "image_id": ids[a["image_id"] - 1], "category_id": cats[a["category_id"] - 1]}
+        for a in json.loads((out / "detections.json").read_text())["annotations"]
+    ]
+    _assert_same_detections(predicted, json.loads((run_dir / TEST_DETECTIONS).read_text()))
+    assert evaluate(gt_file, predicted)["ap"] == pytest.approx(ap, abs=1e-6)
