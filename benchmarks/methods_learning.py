@@ -5,7 +5,7 @@ word the model never saw, under the same steps, seed and data.
     python benchmarks/methods_learning.py --epochs 10 --json learning.json
     python benchmarks/methods_learning.py --modes zero prompt fusion_prompt --word blicket
 
-Each (task, mode) is one ``python -m adapt.run`` job (``adapt.train.job.run_job`` on the composed
+Each (task, mode) is one ``python -m adapt.run`` job (``adapt.runs.job.run_job`` on the composed
 config, ``logger=csv``) in its own folder under ``--out``: task ``demo`` (the shipped tree tiles) and
 ``demo`` with ``task.renames={tree: <word>}`` (the same boxes, the class called ``--word``). Every
 training mode gets the same ``trainer.max_epochs`` (so the same optimiser steps; each mode its own
@@ -39,18 +39,13 @@ from adapt.markdown import md_table
 MODES = ("zero", "zero_ensemble", "prompt", "linear", "fusion_prompt", "context_prompt")
 
 
-def compose(overrides: Sequence[str]) -> Any:
-    """The job config as ``python -m adapt.run <overrides>`` composes it (offline, no progress bars)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def evaluates_only(mode: str) -> bool:
+    """Whether ``mode``'s YAML says it trains nothing (``evaluates_only: true``: it runs at shots=0)."""
+    from omegaconf import OmegaConf
 
-    import adapt
+    from adapt.config import compose_config
 
-    GlobalHydra.instance().clear()
-    conf = Path(adapt.__file__).parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    return bool(OmegaConf.select(compose_config([f"mode={mode}"]), "mode.evaluates_only", default=False))
 
 
 def train_losses(run_dir: Path) -> list[float]:
@@ -63,7 +58,8 @@ def train_losses(run_dir: Path) -> list[float]:
 
 
 def run_one(out: Path, task: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    from adapt.train.job import run_job
+    from adapt.config import compose_config
+    from adapt.runs.job import run_job
 
     overrides = [
         f"mode={mode}",
@@ -73,13 +69,13 @@ def run_one(out: Path, task: str, mode: str, args: argparse.Namespace) -> dict[s
         f"trainer.max_epochs={args.epochs}",
         f"model.arch.inference.score_threshold={args.score_threshold}",
         f"seed={args.seed}",
-        "shots=0" if mode.startswith("zero") else f"shots={args.shots}",
+        "shots=0" if evaluates_only(mode) else f"shots={args.shots}",
         *(["task.renames={tree: " + args.word + "}"] if task == "renamed" else []),
         *args.override,
     ]
     run_dir = out / task / mode
     start = time.perf_counter()
-    run_job(compose([*overrides, "overwrite=true"]), run_dir=run_dir)
+    run_job(compose_config([*overrides, "overwrite=true"]), run_dir=run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     losses = train_losses(run_dir)
     return {

@@ -88,6 +88,13 @@ def encode_context_prompt(
     return encoded, torch.tensor(positions, dtype=torch.long).reshape(len(class_names), length)
 
 
+def word_embeddings(bert: BertModel) -> nn.Embedding:
+    """BERT's input word embedding table (the vectors a context replaces and starts from)."""
+    table = bert.embeddings.word_embeddings
+    assert isinstance(table, nn.Embedding)
+    return table
+
+
 class ContextPrompt(nn.Module):
     """The learned context of one caption: ``context`` [M, D] (shared) or [classes, M, D] (per
     class), written over the word embeddings at ``positions`` [classes, M] of ``input_ids`` [L]."""
@@ -106,6 +113,8 @@ class ContextPrompt(nn.Module):
                 "([M, D] or [classes, M, D] for [classes, M])"
             )
         self.context = nn.Parameter(context)
+        self.positions: Tensor
+        self.input_ids: Tensor
         self.register_buffer("positions", positions.long(), persistent=False)
         self.register_buffer("input_ids", input_ids.long(), persistent=False)
 
@@ -119,7 +128,7 @@ class ContextPrompt(nn.Module):
 
     def vectors(self) -> Tensor:
         """One vector per context position, in ``positions.reshape(-1)`` order, [classes * M, D]."""
-        context = self.context
+        context: Tensor = self.context
         if not self.class_specific:
             context = context[None].expand(self.positions.shape[0], -1, -1)
         return context.reshape(-1, context.shape[-1])
@@ -131,7 +140,7 @@ class ContextPrompt(nn.Module):
                 "this context was learned in the task's own caption (at its token positions); "
                 "other captions or class lists cannot use it"
             )
-        embeds = bert.embeddings.word_embeddings(input_ids)
+        embeds = word_embeddings(bert)(input_ids)
         vectors = self.vectors().to(embeds.dtype)
         embeds = embeds.index_copy(1, self.positions.reshape(-1), vectors[None].expand(len(embeds), -1, -1))
         return encode_text(bert, input_ids, attention_mask, inputs_embeds=embeds)

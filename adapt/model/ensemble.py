@@ -23,16 +23,13 @@ One template gives exactly the single-prompt detections.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from adapt.model.head import HeadOutputs
 from adapt.model.language import TextFeatures
 from adapt.model.postprocess import class_scores
-
-if TYPE_CHECKING:
-    from adapt.model.glip import GLIP
 
 
 def _mean(tensors: Sequence[Tensor]) -> Tensor:
@@ -42,20 +39,10 @@ def _mean(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(list(tensors)).mean(dim=0)
 
 
-def ensemble_detect(
-    model: GLIP,
-    images: Tensor,
-    image_sizes: Sequence[tuple[int, int]],
-    texts: Sequence[TextFeatures],
-    label_maps: Sequence[Mapping[int, Sequence[int]]],
-    features: list[Tensor] | None = None,
-) -> list[dict[str, Tensor]]:
-    """Detections of ``images`` under several prompts for the same labels, combined per anchor.
-
-    ``texts[j]`` and ``label_maps[j]`` are prompt j's text features and label -> token positions;
-    every prompt must ground the same labels. ``features`` are Swin + FPN's P3..P7, computed here
-    (once) when not given.
-    """
+def label_maps_of(
+    texts: Sequence[TextFeatures], label_maps: Sequence[Mapping[int, Sequence[int]]]
+) -> list[dict[int, list[int]]]:
+    """The prompts' label -> token maps, checked: one per text, every prompt grounding the same labels."""
     if not texts or len(texts) != len(label_maps):
         raise ValueError(
             f"a prompt ensemble needs one label map per prompt ({len(texts)} texts, {len(label_maps)} maps)"
@@ -64,18 +51,20 @@ def ensemble_detect(
     labels = set(maps[0])
     if any(set(m) != labels for m in maps):
         raise ValueError("every prompt of an ensemble must ground the same labels")
-    if features is None:
-        features = model.backbone(images)
-    outputs = []
-    for text in texts:
-        if model.prompt_offset is not None:
-            text = text.with_offset(model.prompt_offset)
-        outputs.append(model.head(features, text))
-    anchors = model.anchor_generator([tuple(f.shape[-2:]) for f in features], device=images.device)
-    num_classes = max(labels, default=0)
-    batch = images.shape[0]
+    return maps
+
+
+def combine_prompts(
+    outputs: Sequence[HeadOutputs], maps: Sequence[dict[int, list[int]]]
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per level, the prompts' head outputs combined per anchor: box deltas [B, 4, H, W], centerness
+    probabilities [B, HW] and class scores [B, HW, C], each the mean over prompts (what
+    ``PostProcessor.forward_scores`` takes). ``outputs[j]`` was computed with the prompt of ``maps[j]``.
+    """
+    num_classes = max(maps[0], default=0)
     bbox_reg, centerness, scores = [], [], []
-    for level in range(len(features)):
+    for level in range(len(outputs[0].bbox_reg)):
+        batch = outputs[0].bbox_reg[level].shape[0]
         bbox_reg.append(_mean([o.bbox_reg[level] for o in outputs]))
         centerness.append(_mean([o.centerness[level].reshape(batch, -1).sigmoid() for o in outputs]))
         scores.append(
@@ -86,4 +75,4 @@ def ensemble_detect(
                 ]
             )
         )
-    return model.postprocessor.forward_scores(bbox_reg, centerness, scores, anchors, list(image_sizes))
+    return bbox_reg, centerness, scores

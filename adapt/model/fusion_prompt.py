@@ -76,9 +76,10 @@ class FusionPrompt(nn.Module):
         tokens = self.tokens.to(proj.weight.dtype)
         return (tokens - proj.bias.detach()) @ self.pseudo_inverse(proj)
 
-    def extend(self, attn: BiMultiHeadAttention, v: Tensor) -> Tensor:
-        """The image sequence [B, N, v_dim] with the tokens appended, [B, N + K, v_dim]."""
-        extra = self.inverse(attn.v_proj)
+    def extend(self, v_proj: nn.Linear, v: Tensor) -> Tensor:
+        """The image sequence [B, N, v_dim] with the tokens appended, [B, N + K, v_dim] (``v_proj``:
+        the attention's frozen image query projection)."""
+        extra = self.inverse(v_proj)
         return torch.cat([v, extra[None].expand(v.shape[0], -1, -1).to(v.dtype)], dim=1)
 
 
@@ -108,9 +109,12 @@ def enable_fusion_prompts(
     prompts = []
     for i in chosen:
         attn = attentions[i]
-        if attn.fusion_prompt is None:
+        prompt = attn.fusion_prompt
+        if prompt is None:
             ref = attn.v_proj.weight
             prompt = FusionPrompt(num_tokens, attn.v_proj.out_features, init).to(ref.device, ref.dtype)
             attn.fusion_prompt = prompt
-        prompts.append(attn.fusion_prompt)
+        if not isinstance(prompt, FusionPrompt):
+            raise ValueError(f"fusion layer {i} already carries other image tokens ({type(prompt).__name__})")
+        prompts.append(prompt)
     return prompts

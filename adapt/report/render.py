@@ -8,10 +8,11 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
+from adapt.grid import ZERO_MODE, Shots, shots_sort_key
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
+from adapt.report.grounding import grounding_lines
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
-from adapt.sweep import ZERO_MODE, Shots, is_zero_shot_mode, shots_sort_key
 
 _MAX_LISTED = 200
 
@@ -30,10 +31,11 @@ def avg_text(avg: Average | None) -> str:
     return fmt(avg.mean, avg.std)
 
 
-def paper_mode(mode: str, shots: Shots) -> str:
-    """The 0 column of every mode's table is the zero-shot evaluation (an evaluation-only mode,
-    `zero_<method>`, shows its own)."""
-    return ZERO_MODE if shots == 0 and not is_zero_shot_mode(mode) else mode
+def paper_mode(mode: str, shots: Shots, mr: ModelReport | None = None) -> str:
+    """The 0 column of every mode's table is the zero-shot evaluation; an evaluation-only mode
+    (``evaluates_only: true``, e.g. ``zero_ensemble``) shows its own, where ``mr`` has its runs."""
+    own = mr is not None and mr.evaluates_at_zero(mode)
+    return ZERO_MODE if shots == 0 and not own else mode
 
 
 def rel(path: Path | None, base: Path) -> str:
@@ -117,7 +119,7 @@ def _row_shots(mr: ModelReport, mode: str) -> list[Shots]:
 
 
 def _ours(mr: ModelReport, task: str, mode: str, shots: Shots, ddof: int) -> str:
-    cell = mr.cells.get((task, paper_mode(mode, shots), shots))
+    cell = mr.cells.get((task, paper_mode(mode, shots, mr), shots))
     if cell is None or not cell.n:
         return ""
     return fmt(cell.mean, cell.std(ddof)) + (" *" if cell.partial else "")
@@ -136,14 +138,14 @@ def _mode_table(mr: ModelReport, mode: str, report: Report) -> list[str]:
             row.append(_ours(mr, task, mode, s, report.ddof))
             if mr.paper_model:
                 row.append(
-                    fmt(report.paper.dataset(mr.paper_model, paper_mode(mode, s), s, mr.paper_key(task)))
+                    fmt(report.paper.dataset(mr.paper_model, paper_mode(mode, s, mr), s, mr.paper_key(task)))
                 )
         rows.append(row)
     avg_row = [f"**{mr.suite} avg**"]
     for s in cols:
-        avg_row.append(avg_text(mr.averages.get((paper_mode(mode, s), str(s)))))
+        avg_row.append(avg_text(mr.averages.get((paper_mode(mode, s, mr), str(s)))))
         if mr.paper_model:
-            avg_row.append(fmt(report.paper.table_average(mr.paper_model, paper_mode(mode, s), s)))
+            avg_row.append(fmt(report.paper.table_average(mr.paper_model, paper_mode(mode, s, mr), s)))
     rows.append(avg_row)
     title = ["", f"### {mr.mode_title(mode)} (`mode={mode}`)", ""]
     return [*title, *_params_line(mr, mode), *md_table(header, rows)]
@@ -214,6 +216,7 @@ def render_markdown(
     lines = _header(report)
     for mr in report.models:
         lines += _model_section(mr, report, plots or {}, out_dir)
+    lines += grounding_lines(report.jobs)
     lines += _job_sections(report)
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {md_escape(w)}" for w in report.warnings]

@@ -1,5 +1,6 @@
-"""The three methods as modes (adapt.train.methods): trainable sets, gradients, no-ops against zero-shot,
-exports that reload through Detector.from_export, the sweep rule and the report."""
+"""The three methods as modes (adapt.modes.fusion_prompt, .context_prompt, .zero_ensemble): trainable
+sets, gradients, no-ops against zero-shot, exports that reload through Detector.from_export, the
+sweep rule and the report."""
 
 from __future__ import annotations
 
@@ -14,11 +15,20 @@ from train_helpers import CONF, FIXTURE, compose_job, mini_model
 
 import adapt
 from adapt.detector import Detector
+from adapt.export import checkpoint_identity, load_export, model_identity
+from adapt.grid import GridPoint, point_skip_reason
+from adapt.modes import (
+    ContextPromptTuning,
+    FusionPromptTuning,
+    InferenceText,
+    PromptEnsemble,
+    build_policy,
+    export_run,
+    policy_for_export,
+)
 from adapt.prompt import encode_prompt, load_tokenizer
-from adapt.sweep import GridPoint, point_skip_reason
-from adapt.train.export import checkpoint_identity, export_run, load_export, model_identity
-from adapt.train.methods import ContextPromptTuning, FusionPromptTuning, PromptEnsemble
-from adapt.train.modes import build_policy, class_path
+from adapt.runs.config import ConfigError, check_config
+from adapt.runs.sweep import evaluates_only
 from adapt.train.module import GLIPAdaptation
 from adapt.train.optim import adamw
 
@@ -32,10 +42,11 @@ def _policy(mode: str, **settings):
     return build_policy({"name": mode, "policy": {"_target_": _TARGETS[mode], **settings}})
 
 
+# What the shipped YAMLs instantiate (configuration); exports record the registered names.
 _TARGETS = {
-    "fusion_prompt": class_path(FusionPromptTuning("x")),
-    "context_prompt": class_path(ContextPromptTuning("x")),
-    "zero_ensemble": class_path(PromptEnsemble("x")),
+    "fusion_prompt": "adapt.modes.FusionPromptTuning",
+    "context_prompt": "adapt.modes.ContextPromptTuning",
+    "zero_ensemble": "adapt.modes.PromptEnsemble",
 }
 
 
@@ -189,10 +200,12 @@ def test_the_export_reloads_through_the_detector_with_no_other_argument(tmp_path
         tmp_path / "export", model, module.policy, module.trainable_state_dict(), module.prompt, identity
     )
     export = load_export(out)
-    assert export.mode == mode and export.config["policy"] == _TARGETS[mode]
+    assert export.mode == mode and export.policy_name == mode  # a registered name, never a class path
+    assert _TARGETS[mode] not in (out / "adapter_config.json").read_text()
 
     reference = Detector(model)  # the run's own model and caption(s)
-    reference.default_prompt = module.policy.prompts if mode == "zero_ensemble" else module.prompt
+    members = tuple(module.policy.prompts) if mode == "zero_ensemble" else ()
+    reference.export_text = InferenceText(module.prompt, ensemble=members)
     want = reference.predict(IMAGES, batch_size=1)
     detector = Detector.from_export(out, checkpoint=CHECKPOINT)
     assert (detector.model.language_backbone is None) == (mode == "context_prompt")  # no text encoder
@@ -204,20 +217,44 @@ def test_the_export_reloads_through_the_detector_with_no_other_argument(tmp_path
         torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-3)
     if mode != "zero_ensemble":  # the learned tensors are back on a model that has a text encoder
         model2 = mini_model(weights=True)
-        export.apply(model2)
+        policy_for_export(export.policy_name).apply_export(export, model2)
         params = dict(model2.named_parameters())
         assert all(torch.equal(params[n], export.tensors[n]) for n in module.trainable)
 
 
-def test_zero_shot_methods_run_once_per_task_and_model_in_a_sweep():
+def test_the_ensemble_evaluates_once_per_task_and_model_in_a_sweep_by_its_yaml():
+    """``evaluates_only: true`` (conf/mode/zero_ensemble.yaml) gives it the zero-shot rule; the job
+    checks the flag against the policy, and the two training methods train from one shot on."""
+    cfg = compose_job("mode=zero_ensemble", "shots=0")
+    assert evaluates_only(cfg) is True
+    check_config(cfg)
     run = GridPoint("odinw/aquarium", "glip_t", "zero_ensemble", 0, 3)
-    assert point_skip_reason(run) is None
-    assert "once per task and model, at shots=0" in point_skip_reason(replace(run, shots=5))
-    assert "with seed 3" in point_skip_reason(replace(run, seed=30))
-    assert point_skip_reason(GridPoint("odinw/aquarium", "glip_t", "fusion_prompt", 5, 30)) is None
-    assert "runs as mode=zero" in point_skip_reason(
-        GridPoint("odinw/aquarium", "glip_t", "context_prompt", 0, 3)
+    assert point_skip_reason(run, evaluates_only=True) is None
+    assert "once per task and model, at shots=0" in point_skip_reason(
+        replace(run, shots=5), evaluates_only=True
     )
+    assert "with seed 3" in point_skip_reason(replace(run, seed=30), evaluates_only=True)
+    for mode in ("fusion_prompt", "context_prompt"):
+        cfg = compose_job(f"mode={mode}", "shots=5")
+        assert not evaluates_only(cfg)
+        check_config(cfg)
+        assert (
+            point_skip_reason(GridPoint("odinw/aquarium", "glip_t", mode, 5, 30), evaluates_only=False)
+            is None
+        )
+        with pytest.raises(ConfigError, match="shots=0 is zero-shot evaluation"):
+            check_config(compose_job(f"mode={mode}", "shots=0"))
+    with pytest.raises(ConfigError, match="contradicts mode zero_ensemble's policy"):
+        check_config(compose_job("mode=zero_ensemble", "shots=0", "mode.evaluates_only=false"))
+
+
+@pytest.mark.parametrize("mode", ["context_prompt", "zero_ensemble"])
+def test_the_caption_methods_refuse_a_grounding_task(mode):
+    """Their context and captions belong to the task's one caption; grounding samples bring their own."""
+    shots = "shots=0" if mode == "zero_ensemble" else "shots=1"
+    with pytest.raises(ConfigError, match=f"mode={mode} works on the task's one caption"):
+        check_config(compose_job(f"mode={mode}", "task=flickr30k", shots))
+    check_config(compose_job("mode=fusion_prompt", "task=flickr30k", "shots=1"))  # image side only
 
 
 def test_the_report_titles_each_method_with_its_label_and_trainable_parameters(tmp_path):
@@ -247,7 +284,8 @@ def test_the_shipped_yamls_document_their_policies():
     for name in ("fusion_prompt", "context_prompt", "zero_ensemble"):
         text = (CONF / "mode" / f"{name}.yaml").read_text()
         assert f"_target_: {_TARGETS[name]}" in text
-    assert json.dumps(_TARGETS)  # plain names, recorded by exports
+        assert ("evaluates_only: true" in text) == (name == "zero_ensemble")
+        assert type(build_policy({"name": name})).__name__ == _TARGETS[name].rsplit(".", 1)[1]
 
 
 @pytest.mark.parametrize(
@@ -285,10 +323,13 @@ def test_trainable_counts_on_the_released_architectures(model_name, total, defau
 def test_a_demo_run_exports_what_adapt_predict_reproduces_with_no_other_flag(tmp_path, mode):
     from adapt.evaluate import evaluate
     from adapt.predict import main
-    from adapt.train.job import TEST_DETECTIONS, run_job
+    from adapt.runs.job import TEST_DETECTIONS, run_job
     from tests.test_predict import _assert_same_detections
 
-    cfg = compose_job(f"mode={mode}", "trainer.max_steps=2", "model.arch.inference.score_threshold=0.0")
+    shots = "shots=0" if mode == "zero_ensemble" else "shots=5"
+    cfg = compose_job(
+        f"mode={mode}", shots, "trainer.max_steps=2", "model.arch.inference.score_threshold=0.0"
+    )
     run_dir = tmp_path / "run"
     ap = run_job(cfg, run_dir=run_dir)
     results = json.loads((run_dir / "results.json").read_text())
