@@ -50,9 +50,15 @@ _TARGETS = {
 }
 
 
+def _mini():
+    """The fixture's mini GLIP with its checkpoint, built afresh (a deep copy of a GLIP does not
+    reproduce its detections bit for bit, so every model here is loaded)."""
+    return mini_model(weights=True)
+
+
 def _module(mode: str, classes=CLASSES, **settings) -> GLIPAdaptation:
     """A module over the fixture's mini GLIP, its prompt laid out by the policy (as the job does)."""
-    model = mini_model(weights=True)
+    model = _mini()
     for key, value in {"min_size_test": 96, "max_size_test": 128}.items():
         setattr(model.cfg.input, key, value)  # recorded by the export: predict resizes alike
     policy = _policy(mode, **settings)
@@ -80,7 +86,7 @@ def _detect(module: GLIPAdaptation, image: torch.Tensor) -> list[dict]:
 
 
 def _zero_shot(image: torch.Tensor, prompt) -> list[dict]:
-    model = mini_model(weights=True).eval()
+    model = _mini().eval()
     with torch.no_grad():
         return model(
             image, [tuple(image.shape[-2:])], input_ids=prompt.input_ids[None],
@@ -216,7 +222,7 @@ def test_the_export_reloads_through_the_detector_with_no_other_argument(tmp_path
         torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
         torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-3)
     if mode != "zero_ensemble":  # the learned tensors are back on a model that has a text encoder
-        model2 = mini_model(weights=True)
+        model2 = _mini()
         policy_for_export(export.policy_name).apply_export(export, model2)
         params = dict(model2.named_parameters())
         assert all(torch.equal(params[n], export.tensors[n]) for n in module.trainable)
