@@ -278,7 +278,13 @@ def _check_markdown_tables(text: str) -> int:
         # 13 x (1 zero-shot + 2 modes x (4 shots x 3 seeds + 1 full-data)) runs
         pytest.param(("full", "linear_cached"), 13 * 27, (), id="full-and-linear_cached"),
         # the methods the field compares: two training modes, and the ensemble per evaluated image
-        pytest.param(("full", "fusion_prompt", "context_prompt"), 13 * 40, ("zero_ensemble",), id="methods"),
+        pytest.param(
+            ("full", "fusion_prompt", "context_prompt"),
+            13 * 40,
+            ("zero_ensemble",),
+            id="methods",
+            marks=pytest.mark.slow,  # about 2 minutes of CPU
+        ),
         pytest.param(
             ("prompt", "linear", "full", "lora"), 520 + 169, (), id="every-mode", marks=pytest.mark.slow
         ),
