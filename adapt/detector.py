@@ -265,8 +265,7 @@ class Detector:
         for one caption run in chunks (each chunk a forward pass); detections of all chunks are
         merged and the best ``detections_per_image`` kept.
         """
-        single = isinstance(images, str | Path | Image.Image)
-        items = [images] if single else list(images)  # type: ignore[list-item]
+        items: list[ImageInput] = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         queries = self._queries(classes, caption, phrases)
         names = {lab: name for q in queries for lab, name in q.names.items()}
         bs = batch_size or self.batch_size
@@ -280,7 +279,7 @@ class Detector:
                 for q in queries
             ]
             for i, (_, original) in enumerate(loaded):
-                results.append(self._merge([d[i] for d in per_query], sizes[i], original, names))  # type: ignore[index]
+                results.append(self._merge([d[i] for d in per_query], sizes[i], original, names))
         return results
 
     def _queries(

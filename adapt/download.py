@@ -574,8 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 require_dataset(cfg)
                 print(f"{name}: {root}")
             elif name in model_names():
-                cfg = model_config(name)
-                path = fetch_checkpoint(cfg, args.cache_dir, args.endpoint, not args.no_progress, args.force)
+                model_cfg = model_config(name)
+                path = fetch_checkpoint(
+                    model_cfg, args.cache_dir, args.endpoint, not args.no_progress, args.force
+                )
                 print(f"{name}: {path if path else 'no official checkpoint; nothing to download'}")
             else:
                 models = model_names()

@@ -112,13 +112,13 @@ class Task:
         """One line saying which file (and which sampling) a split comes from, for logs and results."""
         split = self._check_split(split)
         shots = normalize_shots(shots)
-        files = self._files(split)
+        json_file, _ = self._files(split)
         if split == "test" or shots == "all" or (shots == 0 and split == "val"):
-            return str(files.json)
+            return str(json_file)
         prepared = self.prepared_file(split, shots, seed)
         if prepared is not None:
             return f"{prepared} (official prepared {shots}-shot split)"
-        return f"{files.json} sampled to {shots} shots with seed {seed} (adapt.fewshot)"
+        return f"{json_file} sampled to {shots} shots with seed {seed} (adapt.fewshot)"
 
     def dataset(
         self,
@@ -137,19 +137,19 @@ class Task:
         shots = normalize_shots(shots)
         if split == "train" and shots == 0:
             raise ValueError("shots=0 is zero-shot: there is no training set; evaluate val/test only")
-        files = self._files(split)
-        ann_file, label = files.json, split
+        json_file, image_dir = self._files(split)
+        ann_file, label = json_file, split
         if split != "test" and isinstance(shots, int) and shots > 0:
             prepared = self.prepared_file(split, shots, seed)
             if prepared is not None:
                 ann_file, data = prepared, self._load(prepared, split)
             else:
                 data = fewshot.sample_fewshot(
-                    self._load(files.json, split), shots, seed, source=f"{files.json} ({split})"
+                    self._load(json_file, split), shots, seed, source=f"{json_file} ({split})"
                 )
             label = f"{split}, {shots}-shot, seed {seed}"
         else:
-            data = self._load(files.json, split)
+            data = self._load(json_file, split)
         train = split == "train"
         if isinstance(transforms, str) and transforms == "default":
             transforms = build_transforms(train)
@@ -157,7 +157,7 @@ class Task:
         return CocoDetection(
             data,
             ann_file=ann_file,
-            image_dir=files.image_dir,
+            image_dir=image_dir,
             category_ids=self.category_ids,
             train=train,
             transforms=transforms,
@@ -170,11 +170,12 @@ class Task:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return split
 
-    def _files(self, split: str) -> SplitFiles:
+    def _files(self, split: str) -> tuple[Path, Path]:
+        """(annotation file, image folder) of a configured split (a configured json has both)."""
         files = self.splits[split]
-        if files.json is None:
+        if files.json is None or files.image_dir is None:
             raise DataError(f"task {self.id}: no {split} annotation file configured (task.{split}_json)")
-        return files
+        return files.json, files.image_dir
 
     def _load(self, path: Path, split: str) -> dict[str, Any]:
         """Load (once) and check that the file's categories are the task's label space."""

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -139,7 +139,7 @@ def _unwrap(obj: object, file: str) -> dict[str, Tensor]:
 
 def read_state_dict(
     path: str | Path,
-    extra_globals: list[object] = (),  # type: ignore[assignment]
+    extra_globals: Sequence[Any] = (),
 ) -> tuple[dict[str, Tensor], str, dict[str, str]]:
     """(state dict, format "official" | "adapt", metadata) of a file, chosen by its suffix.
 

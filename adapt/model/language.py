@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -99,9 +100,9 @@ class TextFeatures:
         return TextFeatures(hidden=self.hidden + rows, mask=self.mask, embedded=self.embedded + rows)
 
 
-def bert_config(cfg: LanguageConfig, **overrides: object) -> BertConfig:
+def bert_config(cfg: LanguageConfig, **overrides: Any) -> BertConfig:
     """bert-base-uncased architecture at the sizes of ``cfg`` (dropout 0.1, LayerNorm eps 1e-12)."""
-    kwargs: dict[str, object] = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,

@@ -101,7 +101,7 @@ def planned_points(
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    node = OmegaConf.load(sweep_yaml)
+    node = OmegaConf.load(Path(sweep_yaml))
     params = OmegaConf.select(node, "hydra.sweeper.params", default=None) or {}
     texts = [f"{key}={' '.join(str(value).split())}" for key, value in params.items()] + list(overrides)
     (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(texts), None)

@@ -108,7 +108,7 @@ class DistributedEpochSampler(DistributedSampler):
     """
 
     def __init__(self, size: int, seed: int, global_batch: int, num_replicas: int, rank: int) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         self.order = EpochSampler(size, seed)
         self.size = size
         if size >= global_batch:
@@ -124,7 +124,7 @@ class DistributedEpochSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         order = list(self.order)
         order = (order * (-(-self.total // len(order))))[: self.total]
         return iter(order[self.rank :: self.num_replicas])
@@ -138,11 +138,11 @@ class DistributedEvalSampler(DistributedSampler):
     """
 
     def __init__(self, size: int, num_replicas: int, rank: int) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
         self.size = size
         self.num_samples = len(range(rank, size, num_replicas))
 
-    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.size, self.num_replicas))
 
 
