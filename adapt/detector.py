@@ -74,7 +74,8 @@ class Detector:
         self.tokenizer = load_tokenizer(model.cfg.language.tokenizer)
         self.load_report: LoadReport | None = None
         # What predict() detects when given no classes: an export's own caption and, where the
-        # mode learned them, its stored text features (then the text encoder is dropped).
+        # mode learned them, its stored text features (then the text encoder is dropped), or the
+        # captions of its prompt ensemble (adapt.model.ensemble).
         self.export_text: InferenceText | None = None
         # The run's evaluation batch size, where a loaded export records it (from_export).
         self.recorded_batch_size: int | None = None
@@ -293,6 +294,8 @@ class Detector:
         """One query per forward pass: a prompt chunk, a caption, or the loaded export's text."""
         exported = self.export_text
         if classes is None and caption is None and exported is not None:
+            if exported.ensemble:  # a prompt ensemble: one forward pass over all its captions
+                return [self._text_query(list(exported.ensemble))]
             if exported.features is None:
                 return [self._text_query(exported.prompt)]
             p = exported.prompt
@@ -307,14 +310,23 @@ class Detector:
             raise ValueError("a prompt artifact replaced the text encoder: call predict without classes")
         return [self._text_query(p) for p in self.encode(classes, caption, phrases)]
 
-    def _text_query(self, p: EncodedPrompt) -> _Query:
+    def _text_query(self, p: EncodedPrompt | list[EncodedPrompt]) -> _Query:
+        if isinstance(p, list):  # a prompt ensemble: the model combines the prompts' class scores
+            maps = [dict(q.label_to_tokens) for q in p]
+            return _Query(
+                dict(zip(p[0].labels, p[0].class_names, strict=True)),
+                maps,
+                lambda n: [self._encode(q, n) for q in p],
+            )
         return _Query(
-            dict(zip(p.labels, p.class_names, strict=True)),
-            p.label_to_tokens,
-            lambda n: self.model.encode_text(
-                p.input_ids[None].expand(n, -1).to(self.device),
-                p.attention_mask[None].expand(n, -1).to(self.device),
-            ),
+            dict(zip(p.labels, p.class_names, strict=True)), p.label_to_tokens, lambda n: self._encode(p, n)
+        )
+
+    def _encode(self, p: EncodedPrompt, batch_size: int) -> TextFeatures:
+        """BERT's features of ``p`` for a batch of ``batch_size`` images."""
+        return self.model.encode_text(
+            p.input_ids[None].expand(batch_size, -1).to(self.device),
+            p.attention_mask[None].expand(batch_size, -1).to(self.device),
         )
 
     def _merge(
@@ -341,8 +353,8 @@ class _Query:
     """What one forward pass needs on the text side."""
 
     names: dict[int, str]  # label -> class name
-    label_to_tokens: dict[int, list[int]]
-    text: Callable[[int], TextFeatures]  # batch size -> text features
+    label_to_tokens: dict[int, list[int]] | list[dict[int, list[int]]]  # a list: one map per prompt
+    text: Callable[[int], TextFeatures | list[TextFeatures]]  # batch size -> text features (per prompt)
 
 
 def _recognisable(ck: Mapping[str, Any]) -> str:

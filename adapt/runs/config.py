@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from adapt.data.grounding_task import is_grounding_config
 from adapt.grid import normalize_shots
 from adapt.modes import build_policy
 from adapt.runs.resume import parse_resume
@@ -61,9 +62,16 @@ def _check_mode(cfg: DictConfig, shots: int | str) -> bool:
     returns whether the mode trains."""
     mode = str(OmegaConf.select(cfg, "mode.name", default=""))
     try:
-        trains = build_policy(cfg.mode).trains if cfg.get("mode") is not None else False
+        policy = build_policy(cfg.mode) if cfg.get("mode") is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    trains = policy is not None and policy.trains
+    task = cfg.get("task")
+    if policy is not None and not policy.per_sample_captions and task is not None and is_grounding_config(task):
+        raise ConfigError(
+            f"mode={mode} works on the task's one caption, and a grounding task ({task.get('name')}) "
+            "brings a caption per sample: use mode=zero, prompt, linear, full or lora"
+        )
     declared = OmegaConf.select(cfg, "mode.evaluates_only", default=None)
     if declared is not None and bool(declared) == trains:
         raise ConfigError(

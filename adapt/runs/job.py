@@ -8,7 +8,8 @@ Order of work (each step fails early with a message that names the fix):
 2. :func:`fit_and_validate`: ``mode=zero`` evaluates val; a training mode fits with Lightning under
    the official protocol (one evaluation per pass over the copied few-shot set, plateau schedule,
    early stop, best-on-val weights), then takes the best weights back;
-3. :func:`finalise`: the test split is evaluated, the artifact exported (training modes),
+3. :func:`finalise`: the test split is evaluated, the artifact exported (training modes, and an
+   evaluation-only mode whose detections need more than the base model: ``ModePolicy.exports``),
    ``results.json`` completed and an AP table printed.
 
 The sweep rules (skip redundant or completed points, record failures so a multirun goes on) wrap
@@ -168,10 +169,12 @@ def user_checkpoint_identity(path: Path) -> dict[str, Any]:
     return identity
 
 
-def task_prompt(task: Any, model: GLIP) -> EncodedPrompt:
-    """The task's fixed caption: all categories in label order (official DISABLE_SHUFFLE training)."""
+def task_prompt(task: Any, model: GLIP, policy: ModePolicy | None = None) -> EncodedPrompt:
+    """The task's fixed caption: all categories in label order (official DISABLE_SHUFFLE training),
+    laid out by the mode's policy (context tokens place words of their own before every name)."""
     tokenizer = load_tokenizer(model.cfg.language.tokenizer)
-    return encode_prompt(
+    encode = policy.encode_prompt if policy is not None else encode_prompt
+    return encode(
         task.class_names, tokenizer, task.caption_prompts, max_query_len=model.cfg.language.max_query_len
     )
 
@@ -256,7 +259,7 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
         datamodule, module = build_grounding(cfg, task, model, policy, run_dir, optimizer)
         record.update(task_type=GROUNDING, val_metric=task.val_metric)
     else:
-        prompt = task_prompt(task, model)
+        prompt = task_prompt(task, model, policy)
         datamodule, module = _detection_parts(cfg, task, model, prompt, policy, run_dir, optimizer)
     # Pre-flight: every split this run reads is opened now (annotations validated, boxes fixed,
     # image headers read) and every image decoded, so a broken test file fails before training.
@@ -343,7 +346,7 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
     # A grounding run exports nothing: the export format records one caption (adapt.runs.grounding).
     test = test_fields(last) if job.prompt is not None else grounding_test_fields(last)
     export_dir = None
-    if job.policy.trains and trainer.is_global_zero and job.prompt is not None:
+    if job.policy.exports and trainer.is_global_zero and job.prompt is not None:
         export_dir = export_run(
             job.run_dir / "export",
             job.model,
