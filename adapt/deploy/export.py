@@ -9,7 +9,8 @@ Tracing GLIP takes a minute or more of CPU; the weights do not change the graph,
 per structure (module types, tensor shapes, deformable-conv form) and reused by every later export
 of the same structure in the process, with the new weights applied by name
 (``ONNXProgram.apply_weights``): exporting several runs of one model costs one trace. The graph is
-saved unoptimised (every weight stays an initializer under its parameter name); onnxruntime folds
+saved unoptimised (every weight stays an initializer under its parameter name), without the
+exporter's per-node records of the traced Python (``strip_trace_records``); onnxruntime folds
 constants when it loads the file.
 
 Every file is checked before it is written: onnxruntime runs it on a probe image and its outputs
@@ -126,6 +127,27 @@ def _program(model: DeployedGLIP, sizes: dict[str, dict[str, int]], implementati
             warnings.simplefilter("ignore")  # tensors the graph does not read (the unused cls_logits)
             program.apply_weights({k: v.detach() for k, v in model.state_dict().items()})
     return program
+
+
+def strip_trace_records(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what the exporter records about the Python it traced, per node and value (stack traces
+    with this machine's paths, module names, FX nodes): most of a small model's file, and nothing
+    a runtime reads. The graph, its names and its weights are unchanged."""
+
+    def strip(graph: onnx.GraphProto) -> None:
+        del graph.metadata_props[:]
+        for items in (graph.node, graph.value_info, graph.input, graph.output, graph.initializer):
+            for item in items:
+                del item.metadata_props[:]
+        for node in graph.node:  # subgraphs (If, Loop, Scan), where there are any
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    strip(attr.g)
+                for sub in attr.graphs:
+                    strip(sub)
+
+    strip(proto.graph)
+    return proto
 
 
 def probe_image(sizes: dict[str, dict[str, int]]) -> torch.Tensor:
@@ -251,7 +273,7 @@ def export_onnx(
             f"export with --min-size {smallest + 1} or more"
         )
     program = _program(model, sizes, deform_conv)
-    proto = program.model_proto
+    proto = strip_trace_records(program.model_proto)
     meta = metadata(source, model, sizes, deform_conv)
     meta["verification"] = verify(proto, source, sizes)
     onnx.helper.set_model_props(proto, {METADATA_KEY: dumps(meta)})
