@@ -43,6 +43,7 @@ __all__ = [
     "Sentence",
     "SentencePhrase",
     "flickr_samples",
+    "image_samples",
     "parse_sentence",
     "read_annotation",
     "read_sentences",
@@ -229,12 +230,18 @@ def flickr_samples(root: str | Path, split: str, merge_boxes: bool = False) -> l
     metric merges them itself.
     """
     root = require_flickr_root(root)
-    samples = []
-    for image_id in read_split(root, split):
-        image = read_annotation(root / "Annotations" / f"{image_id}.xml")
-        for sentence_id, sentence in enumerate(read_sentences(root / "Sentences" / f"{image_id}.txt")):
-            samples.append(_sample(image_id, sentence_id, sentence, image, merge_boxes))
-    return samples
+    return [s for image_id in read_split(root, split) for s in image_samples(root, image_id, merge_boxes)]
+
+
+def image_samples(root: Path, image_id: str, merge_boxes: bool = False) -> list[GroundingSample]:
+    """The captions of one image of the release, in sentence order.
+
+    One image at a time, so that a few-shot run reads the annotations of the images it samples
+    rather than the ~30,000 of the training split.
+    """
+    image = read_annotation(root / "Annotations" / f"{image_id}.xml")
+    sentences = read_sentences(root / "Sentences" / f"{image_id}.txt")
+    return [_sample(image_id, i, sentence, image, merge_boxes) for i, sentence in enumerate(sentences)]
 
 
 def _sample(

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from adapt.model.glip import GLIP
+from adapt.model.language import TextFeatures
 from adapt.model.postprocess import PostProcessor
 
-__all__ = ["RankedBoxes", "ground_phrases", "rank_phrases"]
+__all__ = ["RankedBoxes", "ground_batch", "ground_phrases", "rank_phrases"]
 
 
 @dataclass
@@ -93,3 +95,35 @@ def ground_phrases(
         )[0]
         out.append(rank_phrases(detections, len(phrases), max_boxes))
     return out
+
+
+def ground_batch(
+    model: GLIP,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    text: TextFeatures,
+    phrase_tokens: Sequence[Sequence[Sequence[int]]],
+    max_boxes: int | None = None,
+) -> list[list[RankedBoxes]]:
+    """GLIP's forward pass up to the head, then :func:`ground_phrases` with each image's own phrases.
+
+    ``GLIP.forward`` post-processes a batch with one label -> token map, the task prompt's; a
+    grounding batch has one caption per image, so the head's outputs are ranked here instead, with
+    the model's own post-processing settings. ``text`` is the batch's caption features (the
+    prompt-tuning offset, when the model has one, is added here as ``forward`` adds it).
+    """
+    if model.prompt_offset is not None:
+        text = text.with_offset(model.prompt_offset)
+    features = model.backbone(images)
+    outputs = model.head(features, text)
+    anchors = model.anchor_generator([tuple(f.shape[-2:]) for f in features], device=images.device)
+    return ground_phrases(
+        outputs.bbox_reg,
+        outputs.centerness,
+        outputs.dot_product_logits,
+        anchors,
+        image_sizes,
+        phrase_tokens,
+        model.postprocessor,
+        max_boxes,
+    )

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.grid import Shots, mode_sort_key, shots_sort_key
-from adapt.report.jobs import COMPLETE, Job, collect_jobs, task_sort_key
+from adapt.report.jobs import COMPLETE, Job, collect_jobs, is_grounding, task_sort_key
 from adapt.report.paper import ODINW13_KEYS, PaperReference, load_paper
 
 CellKey = tuple[str, str, Shots]  # task, mode, shots
@@ -188,7 +188,8 @@ def build_report(
     jobs, warnings = collect_jobs(sweep_dir)
     by_model: Mapping[str, list[Job]] = defaultdict(list)
     for job in jobs:
-        by_model[job.point.model].append(job)
+        if not is_grounding(job.results or {}):  # grounding runs have their own table (report.grounding)
+            by_model[job.point.model].append(job)
     models = [
         model_report(m, by_model[m], _paper_model(by_model[m], paper_model, warnings), ddof)
         for m in sorted(by_model)

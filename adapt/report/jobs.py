@@ -100,6 +100,11 @@ def _test_ap(data: Mapping[str, Any]) -> float | None:
         return None
 
 
+def is_grounding(data: Mapping[str, Any]) -> bool:
+    """Whether a results.json is a phrase-grounding run's (recalls in `test`, no AP; report.grounding)."""
+    return data.get("task_type") == "grounding" or _config_value(data, "task.type") == "grounding"
+
+
 def started_note(data: Mapping[str, Any]) -> str | None:
     """Where and when an attempt started: what a killed job leaves to find its log by."""
     if not data.get("started_at"):
@@ -118,7 +123,7 @@ def _job_from_results(data: dict[str, Any], run_dir: Path, planned: ManifestJob 
     status = status if status in (COMPLETE, FAILED, RUNNING) else RUNNING
     ap = _test_ap(data)
     error = str(data["error"]) if data.get("error") else None
-    if status == COMPLETE and ap is None:
+    if status == COMPLETE and ap is None and not is_grounding(data):  # grounding: recalls, no AP
         status, error = FAILED, "status complete but no test.ap"
     return Job(
         point=point,

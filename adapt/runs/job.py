@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 from adapt.atomic import write_json
 from adapt.data import Task, build_task
+from adapt.data.grounding_task import GROUNDING, GroundingTask, is_grounding_config
 from adapt.data.validate import check_images
 from adapt.digest import file_sha256
 from adapt.download import require_checkpoint, require_dataset
@@ -42,6 +43,7 @@ from adapt.modes import ModePolicy, build_policy, export_run
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
 from adapt.runs import sweep
 from adapt.runs.config import check_config
+from adapt.runs.grounding import build_grounding, grounding_test_fields
 from adapt.runs.logfilter import configure_run_logging
 from adapt.runs.precision import resolve_precision
 from adapt.runs.results import (
@@ -59,7 +61,7 @@ from adapt.runs.summary import print_summary
 from adapt.train.datamodule import TaskDataModule
 from adapt.train.loggers import build_logger, close_logger
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
-from adapt.train.protocol import FewShotProtocol
+from adapt.train.protocol import FewShotProtocol, metric_value
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +177,10 @@ class Job:
     run_dir: Path
     record: RunRecord
     clock: RunClock
-    task: Task
+    task: Task | GroundingTask
     model: GLIP
     checkpoint: dict[str, Any]
-    prompt: EncodedPrompt
+    prompt: EncodedPrompt | None  # None on a grounding task: every sample brings its caption
     policy: ModePolicy
     datamodule: TaskDataModule
     module: GLIPAdaptation
@@ -192,36 +194,38 @@ class Job:
 
 def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) -> Job:
     """Steps 1-2 of the module docstring: the checked inputs, the model under its mode, the pre-flight."""
-    require_dataset(cfg.task)
+    if not is_grounding_config(cfg.task):  # a grounding task checks its own folders (how to get them)
+        require_dataset(cfg.task)
     task = build_task(cfg.task)
+    if isinstance(task, GroundingTask):
+        task.check_files()  # the annotations and images, or one sentence on how to get them
     model, checkpoint = build_model(cfg)
     record.update(checkpoint=checkpoint)
-    prompt = task_prompt(task, model)
     policy = build_policy(cfg.mode)
     record.update(mode_label=policy.title)
-    # conf/data is a partial: the task, its prompt and the model's input sizes are built above.
-    datamodule = instantiate(cfg.data)(task, prompt, model.cfg.input)
+    optimizer = instantiate(cfg.mode.optimizer) if cfg.mode.get("optimizer") else None
+    prompt: EncodedPrompt | None = None
+    datamodule: TaskDataModule
+    module: GLIPAdaptation
+    if isinstance(task, GroundingTask):
+        datamodule, module = build_grounding(cfg, task, model, policy, run_dir, optimizer)
+        record.update(task_type=GROUNDING, val_metric=task.val_metric)
+    else:
+        prompt = task_prompt(task, model)
+        datamodule, module = _detection_parts(cfg, task, model, prompt, policy, run_dir, optimizer)
     # Pre-flight: every split this run reads is opened now (annotations validated, boxes fixed,
     # image headers read) and every image decoded, so a broken test file fails before training.
     splits = ("train", "val", "test") if policy.trains else ("val", "test")
     check_images(datamodule.split(s) for s in splits)
-
-    def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        detections, targets = predictions_and_targets(predictions)
-        results = detections_to_coco(detections, targets, task.category_ids)
-        if split == "test" and is_global_zero():  # what `adapt.predict --prompt <run>/export` reproduces
-            write_json(results, run_dir / TEST_DETECTIONS, indent=None)
-        return evaluate(datamodule.split(split).coco, results, max_dets=task.max_dets)
-
-    optimizer = instantiate(cfg.mode.optimizer) if cfg.mode.get("optimizer") else None
-    module = instantiate(cfg.module)(model, policy, prompt, optimizer=optimizer, evaluator=evaluator)
     record.update(params=trainable_counts(model))
     # The job's own callbacks enforce the protocol and write into this run's folder and record,
     # so they get their run-time arguments here (conf/recipe and conf/config.yaml hold the rest).
     ckpt_dir = run_dir / "checkpoints"
+    metric = task.val_metric if isinstance(task, GroundingTask) else "ap"  # what the protocol selects on
     protocol = instantiate(cfg.recipe.protocol)(
         best_path=ckpt_dir / BEST_FILE,
-        on_evaluation=lambda history: _record_history(record, history, clock),
+        on_evaluation=lambda history: _record_history(record, history, clock, metric),
+        metric=metric,
     )
     callbacks: list[L.Callback] = [protocol, clock]
     if policy.trains:
@@ -241,6 +245,30 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
         protocol,
         callbacks,
     )
+
+
+def _detection_parts(
+    cfg: DictConfig,
+    task: Task,
+    model: GLIP,
+    prompt: EncodedPrompt,
+    policy: ModePolicy,
+    run_dir: Path,
+    optimizer: Any,
+) -> tuple[TaskDataModule, GLIPAdaptation]:
+    """The data module and Lightning module of a detection run, the evaluator computing COCO AP."""
+    # conf/data is a partial: the task, its prompt and the model's input sizes are built above.
+    datamodule = instantiate(cfg.data)(task, prompt, model.cfg.input)
+
+    def evaluator(split: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        detections, targets = predictions_and_targets(predictions)
+        results = detections_to_coco(detections, targets, task.category_ids)
+        if split == "test" and is_global_zero():  # what `adapt.predict --prompt <run>/export` reproduces
+            write_json(results, run_dir / TEST_DETECTIONS, indent=None)
+        return evaluate(datamodule.split(split).coco, results, max_dets=task.max_dets)
+
+    module = instantiate(cfg.module)(model, policy, prompt, optimizer=optimizer, evaluator=evaluator)
+    return datamodule, module
 
 
 def fit_and_validate(job: Job, trainer: L.Trainer) -> None:
@@ -265,9 +293,10 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
     last = job.module.last_eval
     if last is None or last.get("split") != "test":
         raise RuntimeError("the test split produced no evaluation")  # refused before training otherwise
-    test = test_fields(last)
+    # A grounding run exports nothing: the export format records one caption (adapt.runs.grounding).
+    test = test_fields(last) if job.prompt is not None else grounding_test_fields(last)
     export_dir = None
-    if job.policy.trains and trainer.is_global_zero:
+    if job.policy.trains and trainer.is_global_zero and job.prompt is not None:
         export_dir = export_run(
             job.run_dir / "export",
             job.model,
@@ -282,7 +311,7 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
     job.record.update(
         val_history=protocol.history,
         best_step=protocol.best_step,
-        best_val_ap=protocol.best_ap if protocol.history else None,
+        **{_best_key(protocol.metric): protocol.best_ap if protocol.history else None},
         test=test,
         export=str(export_dir) if export_dir is not None else None,
         skipped_batches=job.module.skipped_batches,
@@ -293,12 +322,14 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
     )
     path = job.record.write("complete")
     if trainer.is_global_zero:
-        if not job.cfg.get("keep_checkpoints", False):
+        if not job.cfg.get("keep_checkpoints", False) and job.prompt is not None:
             # The export holds the best weights; last.ckpt only served to resume an unfinished run
             # (and, left behind, would make `resume=auto` continue a finished one).
             shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+        elif not job.cfg.get("keep_checkpoints", False):
+            (job.checkpoint_dir / LAST_CKPT).unlink(missing_ok=True)  # no export: best.safetensors stays
         print_summary(job.record.data, path, export_dir)
-    return test["ap"]
+    return metric_value(test, protocol.metric)
 
 
 def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -339,10 +370,19 @@ def _record_interruption(record: RunRecord, clock: RunClock, last: Path) -> None
     log.warning('interrupted by SIGTERM: %s says "interrupted"; %s', record.path, how)
 
 
-def _record_history(record: RunRecord, history: list[dict[str, Any]], clock: RunClock) -> None:
+def _record_history(
+    record: RunRecord, history: list[dict[str, Any]], clock: RunClock, metric: str = "ap"
+) -> None:
     """After each evaluation: keep the history and time on disk (a killed run still shows them)."""
-    best = max(history, key=lambda h: h["ap"]) if history else None
+    best = max(history, key=lambda h: h[metric]) if history else None
     record.update(
-        val_history=history, best_val_ap=best["ap"] if best else None, wall_time_s=clock.elapsed_s()
+        val_history=history,
+        **{_best_key(metric): best[metric] if best else None},
+        wall_time_s=clock.elapsed_s(),
     )
     record.write()
+
+
+def _best_key(metric: str) -> str:
+    """results.json's best validation field: ``best_val_ap`` (detection), ``best_val`` otherwise."""
+    return "best_val_ap" if metric == "ap" else "best_val"

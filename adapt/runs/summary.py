@@ -16,6 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from adapt.runs.grounding import is_grounding_record, print_recall_tables
+
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
@@ -45,6 +47,14 @@ def print_summary(
 
 
 def _print(results: Mapping[str, Any], results_path: Path, export_dir: Path | None, console: Console) -> None:
+    if is_grounding_record(results):
+        print_recall_tables(results, console)  # phrase grounding: recalls, not AP
+    else:
+        _print_ap(results, console)
+    _print_footer(results, results_path, export_dir, console)
+
+
+def _print_ap(results: Mapping[str, Any], console: Console) -> None:
     test = results.get("test") or {}
     keys = ("task", "model", "mode", "shots", "seed")
     title = " | ".join(f"{k}={results.get(k)}" for k in keys)
@@ -63,6 +73,11 @@ def _print(results: Mapping[str, Any], results_path: Path, export_dir: Path | No
         for name, ap in per_category.items():
             cats.add_row(str(name), _fmt(ap))
         console.print(cats)
+
+
+def _print_footer(
+    results: Mapping[str, Any], results_path: Path, export_dir: Path | None, console: Console
+) -> None:
     params = results.get("params") or {}
     console.print(
         f"trainable parameters: {params.get('trainable', 0):,} of {params.get('total', 0):,}; "
