@@ -43,6 +43,10 @@ from adapt.model.language import TextFeatures
 from adapt.model.postprocess import class_scores
 
 OPSET = 19  # the first with DeformConv
+# The version of the graph adapt exports: raised whenever a change to DeployedGLIP, the deformable
+# convolution's forms, the baked text or the outputs changes what a new file computes or holds
+# (recorded as ``graph_version``; tests/fixtures/deploy is rebuilt when it moves).
+GRAPH_VERSION = 1
 INPUT_NAME = "images"
 MAX_SIDE = 4096
 MAX_BATCH = 256
@@ -218,6 +222,7 @@ def metadata(
     return {
         "format": FORMAT,
         "version": VERSION,
+        "graph_version": GRAPH_VERSION,
         "adapt_version": adapt.__version__,
         "exported_with": {
             "torch": torch.__version__,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,10 +37,18 @@ DEMO_SIZES: dict[str, int] = fixture_script.DEMO_SIZES
 MODES = ("prompt", "linear", "full", "lora")
 make_export = fixture_script.make_export
 mini_arch = fixture_script.mini_arch
-# The shipped fixture: a prompt export and the file `python -m adapt.deploy export` made of it.
+# The shipped fixture: a prompt export, the file `python -m adapt.deploy export` made of it, adapt's
+# eager outputs on a reference batch and the manifest (versions, SHA-256s).
 SHIPPED = fixture_script.OUT
 SHIPPED_EXPORT = SHIPPED / fixture_script.EXPORT_DIR
 SHIPPED_ONNX = SHIPPED / fixture_script.ONNX_FILE
+SHIPPED_REFERENCE = SHIPPED / fixture_script.REFERENCE_FILE
+SHIPPED_MANIFEST = SHIPPED / fixture_script.MANIFEST_FILE
+# What a failing fixture check tells the reader to do.
+REGENERATE = (
+    f"rebuild it with `{fixture_script.REGENERATE}` (about two minutes of CPU: one trace) and commit "
+    "tests/fixtures/deploy"
+)
 DEMO = Path(adapt.__file__).parent / "data" / "demo"
 # The demo task's test split (the fixture's sizes are the demo budget's test sizes).
 DEMO_TEST_IMAGES = [
@@ -51,8 +60,17 @@ DEMO_TEST_IMAGES = [
 @pytest.fixture(scope="session")
 def shipped() -> tuple[list[str], Path]:
     """(adapt.predict's source flags, .onnx) of the shipped fixture."""
-    assert SHIPPED_ONNX.is_file(), f"{SHIPPED_ONNX} missing: run scripts/make_deploy_fixture.py"
+    assert SHIPPED_ONNX.is_file(), f"{SHIPPED_ONNX} missing: {REGENERATE}"
     return ["--prompt", str(SHIPPED_EXPORT)], SHIPPED_ONNX
+
+
+@pytest.fixture(scope="session")
+def shipped_detector(shipped: tuple[list[str], Path]) -> Any:
+    """One onnxruntime session of the shipped file for the default tests (each load optimises the
+    graph again; its metadata is read, not changed)."""
+    from adapt.deploy.runtime import DeployedDetector
+
+    return DeployedDetector(shipped[1])
 
 
 @pytest.fixture(scope="session")

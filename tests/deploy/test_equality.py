@@ -48,16 +48,16 @@ def _compare(flags: list[str], onnx_file, tmp_path, source: str) -> dict:
     return want
 
 
-def test_shipped_detector_equals_adapt_predict(shipped, tmp_path):
+def test_shipped_detector_equals_adapt_predict(shipped, shipped_detector, tmp_path):
     """The whole post-processing runs: score threshold 0, so each image keeps the per-image cap."""
     flags, onnx_file = shipped
     want = _compare(flags, onnx_file, tmp_path, "shipped")
-    cap = DeployedDetector(onnx_file).meta["inference"]["detections_per_image"]
+    cap = shipped_detector.meta["inference"]["detections_per_image"]
     assert len(want["annotations"]) == cap * len(DEMO_TEST_IMAGES)
 
 
-def test_the_shipped_file_records_what_the_runtime_needs(shipped):
-    meta = DeployedDetector(shipped[1]).meta
+def test_the_shipped_file_records_what_the_runtime_needs(shipped_detector):
+    meta = shipped_detector.meta
     assert meta["class_names"] == list(CLASSES) and meta["labels"] == [1, 2, 3]
     assert meta["label_to_tokens"]["2"] == [3, 4]  # "jellyfish": two word pieces
     assert meta["input"]["min_size_test"] == 320 and meta["input"]["max_size_test"] == 533

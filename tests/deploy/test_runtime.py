@@ -19,7 +19,7 @@ from conftest import DEMO_TEST_IMAGES
 
 from adapt.data.transforms import Resize, ToTensor, resize_boxes, resize_shape
 from adapt.deploy import postprocess
-from adapt.deploy.runtime import DeployedDetector, read_image
+from adapt.deploy.runtime import read_image
 from adapt.deploy.runtime import resize_shape as runtime_resize_shape
 from adapt.model.anchors import AnchorGenerator
 from adapt.model.box_coder import BoxCoder
@@ -48,8 +48,8 @@ def test_resize_rule_equals_adapts():
             assert runtime_resize_shape(h, w, min_size, max_size) == resize_shape(h, w, min_size, max_size)
 
 
-def test_preprocessed_batch_equals_adapts_bit_for_bit(shipped):
-    runtime = DeployedDetector(shipped[1])
+def test_preprocessed_batch_equals_adapts_bit_for_bit(shipped_detector):
+    runtime = shipped_detector
     pils = [read_image(p) for p in DEMO_TEST_IMAGES[:2]]
     arrays = [runtime.preprocess(p) for p in pils]
     got = runtime.batch(arrays, ["a", "b"])
