@@ -67,7 +67,12 @@ def _check_mode(cfg: DictConfig, shots: int | str) -> bool:
         raise ConfigError(str(exc)) from None
     trains = policy is not None and policy.trains
     task = cfg.get("task")
-    if policy is not None and not policy.per_sample_captions and task is not None and is_grounding_config(task):
+    if (
+        policy is not None
+        and not policy.per_sample_captions
+        and task is not None
+        and is_grounding_config(task)
+    ):
         raise ConfigError(
             f"mode={mode} works on the task's one caption, and a grounding task ({task.get('name')}) "
             "brings a caption per sample: use mode=zero, prompt, linear, full or lora"
