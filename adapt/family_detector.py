@@ -139,16 +139,17 @@ class FamilyDetector:
         checkpoint: str | Path | None = None,
         export: str | Path | None = None,
         device: str | torch.device = "cpu",
+        batch_size: int = 4,
     ) -> FamilyDetector:
         """What ``adapt.predict``'s ``--model``, ``--checkpoint DIR`` and ``--prompt`` name: an export,
         a model config (its weights replaced by the folder), or the folder alone."""
         if export is not None:
-            return cls.from_export(export, checkpoint, device)
+            return cls.from_export(export, checkpoint, device, batch_size)
         if model is not None:
-            return cls.from_config(model, checkpoint, device)
+            return cls.from_config(model, checkpoint, device, batch_size)
         if checkpoint is None:
             raise ValueError("name a family model config (--model), a save_pretrained folder or an export")
-        return cls.from_folder(checkpoint, device)
+        return cls.from_folder(checkpoint, device, batch_size)
 
     # -- detecting ----------------------------------------------------------------------------------
 

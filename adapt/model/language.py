@@ -130,11 +130,18 @@ def build_language_backbone(cfg: LanguageConfig) -> BertModel:
     return BertModel(bert_config(cfg, attn_implementation=BERT_ATTENTION), add_pooling_layer=False)
 
 
-def encode_text(bert: BertModel, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+def encode_text(
+    bert: BertModel, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None
+) -> TextFeatures:
     """Token ids [B, L] -> ``TextFeatures`` (official ``BertEncoder`` with N_LAYERS = 1).
 
     token_type_ids are all zero, as in the official call. The mean of the last 1 layer is the last
-    layer itself, so no averaging is done.
+    layer itself, so no averaging is done. ``inputs_embeds`` [B, L, D] replaces the word embeddings
+    of ``input_ids`` (learned context vectors, ``adapt.model.context_prompt``); BERT adds the
+    position and token-type embeddings to them as it does to looked-up ones.
     """
+    if inputs_embeds is not None:
+        hidden = bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        return TextFeatures(hidden=hidden, mask=attention_mask)
     hidden = bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return TextFeatures(hidden=hidden, mask=attention_mask)

@@ -183,3 +183,14 @@ def test_a_grounding_task_is_refused_for_a_family_by_name():
     with pytest.raises(ConfigError, match=r"model=grounding_dino_mini is a detector family .*task=Flickr30k"):
         check_config(cfg)
     check_config(compose_job("grounding_dino_mini", "mode=zero", "shots=0"))  # detection: accepted
+
+
+@pytest.mark.parametrize("mode", ["fusion_prompt", "context_prompt", "zero_ensemble"])
+def test_a_glip_only_method_is_refused_for_a_family_by_name(mode: str):
+    from adapt.runs.config import ConfigError, check_config
+
+    shots = "shots=0" if mode == "zero_ensemble" else "shots=1"
+    with pytest.raises(
+        ConfigError, match=rf"model=owlv2_mini: mode '{mode}' .* cannot run on a detector family"
+    ):
+        check_config(compose_job("owlv2_mini", f"mode={mode}", shots))
