@@ -231,7 +231,8 @@ class Export:
             return None
         if checkpoint is None:
             official = (model_cfg or {}).get("checkpoint") or {}
-            if official.get("file") != file:
+            # Exports record the file's name; a packaged checkpoint's config names "package:<path>".
+            if Path(str(official.get("file"))).name != file:
                 raise ExportError(
                     f"{where}: trained on checkpoint {file} (sha256 {want}), which is not {self.base_name}'s "
                     "official one; pass that file as --checkpoint (Detector.from_export(..., checkpoint=...))"
