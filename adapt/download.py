@@ -523,7 +523,9 @@ def packaged_checkpoint(model_cfg: Mapping[str, Any] | DictConfig) -> Path:
     path = data_path(ckpt["file"])
     pinned = (ckpt.get("sha256") or "").lower() or None
     if not path.is_file():
-        raise MissingDataError(f"model {c.get('name')}: packaged checkpoint {path} is missing; reinstall adapt")
+        raise MissingDataError(
+            f"model {c.get('name')}: packaged checkpoint {path} is missing; reinstall adapt"
+        )
     digest = sha256_of(path)
     if pinned is not None and digest != pinned:
         raise DownloadError(

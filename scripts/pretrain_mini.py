@@ -60,17 +60,22 @@ def file_sha256(path: Path) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=4000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=4, help="scenes per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0, help="world stream and weight init")
     p.add_argument("--threads", type=int, default=1, help="torch threads (part of what the hash depends on)")
-    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="store weights as fp16")
+    p.add_argument(
+        "--fp16", action=argparse.BooleanOptionalAction, default=True, help="store weights as fp16"
+    )
     p.add_argument("--out", type=Path, default=SHIPPED)
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: OUT with .json)")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument(
+        "--save-every", type=int, default=0, help="also save OUT.step<N>.safetensors every N steps"
+    )
     return p.parse_args(argv)
 
 
@@ -78,7 +83,11 @@ def targets_of(scene: Scene, tokenizer, max_query_len: int):
     """Token ids, mask and the loss target of a scene: every box positive on all its phrases' tokens."""
     spans = [(p.start, p.end) for p in scene.phrases]
     encoded = encode_caption(
-        scene.caption, spans, [scene.phrase_text(p) for p in scene.phrases], tokenizer, max_query_len=max_query_len
+        scene.caption,
+        spans,
+        [scene.phrase_text(p) for p in scene.phrases],
+        tokenizer,
+        max_query_len=max_query_len,
     )
     positive = torch.zeros(len(scene.objects), max_query_len)
     for label, phrase in enumerate(scene.phrases, start=1):
@@ -125,6 +134,15 @@ def machine() -> dict[str, object]:
     }
 
 
+def save(model: nn.Module, path: Path, fp16: bool) -> None:
+    """adapt's safetensors format (weights + GLIPConfig), written atomically; fp16 halves the file."""
+    state = {
+        k: v.detach().half() if fp16 and v.is_floating_point() else v for k, v in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        save_safetensors(model, tmp, state_dict=state)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -160,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         images, sizes = batch_images([TF.to_tensor(s.image) for s in scenes], cfg.input)
         losses = model(
-            images, sizes, input_ids=torch.stack(ids), attention_mask=torch.stack(masks), targets=list(targets)
+            images,
+            sizes,
+            input_ids=torch.stack(ids),
+            attention_mask=torch.stack(masks),
+            targets=list(targets),
         )
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -181,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             window = {}
             print(" ".join(f"{k}={v}" for k, v in point.items()), flush=True)
             write_json(record, log_path)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(model, args.out.with_suffix(f".step{step + 1}.safetensors"), args.fp16)
 
-    state = {k: v.detach().half() if args.fp16 and v.is_floating_point() else v for k, v in model.state_dict().items()}
-    with atomic_path(args.out) as tmp:
-        save_safetensors(model, tmp, state_dict=state)
+    save(model, args.out, args.fp16)
     record |= {
         "wall_s": round(time.perf_counter() - start_wall, 1),
         "cpu_s": round(time.process_time() - start_cpu, 1),

@@ -105,7 +105,12 @@ BACKGROUNDS = ("tiles", "plain", "gradient", "blotches", "checks")
 BACKGROUND_WEIGHTS = (0.35, 0.15, 0.2, 0.2, 0.1)
 MAX_TREE_OCCLUSION = 0.3  # a tree more covered than this by shapes is not annotated
 MIN_TREE_VISIBLE = 0.5  # fraction of a tree's box inside the crop for it to be kept (as the demo's tiles)
-SENTENCE_STYLE = 0.3  # share of pretraining captions written as a sentence with counts
+SENTENCE_STYLE = 0.2  # share of pretraining captions written as a sentence with counts
+# Absent phrases per detection-style caption: the discrimination signal, nearly free to compute
+# (a caption's padding is skipped by the fusion); some share all but one word with a present
+# object (hard), the others are any seen description.
+NEGATIVES = (2, 8)
+HARD_NEGATIVES = 0.4
 
 # Attribute sets a phrase names besides the noun, with their weights.
 DESCRIPTIONS: tuple[tuple[tuple[str, ...], float], ...] = (
@@ -517,7 +522,7 @@ def negative(things: Sequence[Thing], rng: random.Random) -> Description | None:
     """A description that grounds nothing in the scene: mostly a present one with one word changed."""
     for _ in range(20):
         shapes = [t for t in things if t.kind != TREE]
-        if shapes and rng.random() < 0.6:
+        if shapes and rng.random() < HARD_NEGATIVES:
             desc = describe(rng.choice(shapes), rng)
             swap = rng.choice(["kind", "colour", "size", "texture"])
             values = {"kind": desc.kind, "colour": desc.colour, "size": desc.size, "texture": desc.texture}
@@ -591,7 +596,7 @@ def pretraining_scene(seed: int, index: int) -> Scene:
     if rng.random() < SENTENCE_STYLE:
         caption, phrases = sentence_caption(groups)
     else:
-        negatives = [negative(things, rng) for _ in range(rng.randint(1, 4))]
+        negatives = [negative(things, rng) for _ in range(rng.randint(*NEGATIVES))]
         entries = groups + [(d, ()) for d in dict.fromkeys(n for n in negatives if n is not None)]
         rng.shuffle(entries)
         caption, phrases = detection_caption(entries)
