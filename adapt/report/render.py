@@ -11,6 +11,7 @@ from pathlib import Path
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
+from adapt.report.timing import time_table
 from adapt.sweep import ZERO_MODE, Shots, shots_sort_key
 
 _MAX_LISTED = 200
@@ -153,6 +154,7 @@ def _model_section(
     lines = ["", f"## Model `{mr.model}`", "", *_reference(mr), *_average_table(mr, report)]
     for mode in [m for m in mr.modes if m != ZERO_MODE] or [ZERO_MODE]:
         lines += _mode_table(mr, mode, report)
+    lines += time_table(mr, report.jobs)
     if mr.paper_model:
         lines += [
             "",

@@ -277,7 +277,7 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
 def _record_interruption(record: RunRecord, clock: RunClock, last: Path) -> None:
     """Status "interrupted" in results.json, and the one line that says how to continue."""
     resume_from = str(last) if last.is_file() else None
-    record.update(resume_from=resume_from, wall_time_s=clock.elapsed_s())
+    record.update(resume_from=resume_from, wall_time_s=clock.elapsed_s(), cpu_time_s=clock.cpu_s())
     record.write("interrupted")
     how = (
         f"run the same command again to continue from {last} (the last completed evaluation "
@@ -404,6 +404,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
             export=str(export_dir) if export_dir is not None else None,
             skipped_batches=module.skipped_batches,
             wall_time_s=clock.elapsed_s(),
+            cpu_time_s=clock.cpu_s(),
             resumed=clock.resumed,
             peak_memory_mb=peak_memory_mb(module.device),
             machine={**machine_info(module.device), "processes": trainer.world_size},
@@ -431,6 +432,9 @@ def _record_history(record: RunRecord, history: list[dict[str, Any]], clock: Run
     """After each evaluation: keep the history and time on disk (a killed run still shows them)."""
     best = max(history, key=lambda h: h["ap"]) if history else None
     record.update(
-        val_history=history, best_val_ap=best["ap"] if best else None, wall_time_s=clock.elapsed_s()
+        val_history=history,
+        best_val_ap=best["ap"] if best else None,
+        wall_time_s=clock.elapsed_s(),
+        cpu_time_s=clock.cpu_s(),
     )
     record.write()

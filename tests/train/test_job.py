@@ -15,7 +15,7 @@ from adapt.train.module import GLIPAdaptation
 LORA_TARGETS = r"mode.lora.target_modules='.*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)'"
 SCHEMA = {
     *("status", "task", "model", "checkpoint", "mode", "shots", "seed", "val_history", "best_step"),
-    *("best_val_ap", "test", "params", "wall_time_s", "peak_memory_mb", "config"),
+    *("best_val_ap", "test", "params", "wall_time_s", "cpu_time_s", "peak_memory_mb", "config"),
 }
 
 
@@ -104,6 +104,7 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
         run_job(compose_job(*overrides), run_dir=resumed)
     assert read(resumed)["status"] == "failed" and len(read(resumed)["val_history"]) == 1
     first_attempt_s = read(resumed)["wall_time_s"]  # as of its evaluation, before the checkpoint
+    first_attempt_cpu_s = read(resumed)["cpu_time_s"]
     monkeypatch.setattr(GLIPAdaptation, "on_train_batch_start", original)
     run_job(compose_job(*overrides, "resume=auto"), run_dir=resumed)  # what sweeps use
 
@@ -111,6 +112,7 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
     assert b["status"] == "complete" and b["resumed"] and not a["resumed"]
     # the resumed run's time includes the first attempt's, up to the checkpoint it continued from
     assert first_attempt_s > 0 and b["wall_time_s"] > first_attempt_s
+    assert first_attempt_cpu_s > 0 and b["cpu_time_s"] > first_attempt_cpu_s
     assert [(h["step"], h["ap"], h["lr"]) for h in a["val_history"]] == [
         (h["step"], h["ap"], h["lr"]) for h in b["val_history"]
     ]
