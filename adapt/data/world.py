@@ -111,6 +111,9 @@ SENTENCE_STYLE = 0.2  # share of pretraining captions written as a sentence with
 # object (hard), the others are any seen description.
 NEGATIVES = (2, 8)
 HARD_NEGATIVES = 0.4
+# Share of pretraining captions where a word is a positive of a box exactly when it is true of it
+# (see _clean_groups); the others also teach words in combination, with hard negatives.
+CLEAN_CAPTIONS = 0.7
 
 # Attribute sets a phrase names besides the noun, with their weights.
 DESCRIPTIONS: tuple[tuple[tuple[str, ...], float], ...] = (
@@ -518,11 +521,21 @@ def _allowed(desc: Description) -> bool:
     return desc.kind in SHAPES and (desc.colour, desc.kind) not in HELD_OUT_COMBOS
 
 
-def negative(things: Sequence[Thing], rng: random.Random) -> Description | None:
-    """A description that grounds nothing in the scene: mostly a present one with one word changed."""
+def _words(desc: Description) -> set[str]:
+    return set(desc.text().split())
+
+
+def negative(
+    things: Sequence[Thing], rng: random.Random, avoid: set[str] | None = None
+) -> Description | None:
+    """A description that grounds nothing in the scene: often a present one with one word changed.
+
+    With ``avoid`` (a clean caption: the words true of some thing of the scene), none of those
+    words, and no hard negative.
+    """
     for _ in range(20):
         shapes = [t for t in things if t.kind != TREE]
-        if shapes and rng.random() < HARD_NEGATIVES:
+        if shapes and avoid is None and rng.random() < HARD_NEGATIVES:
             desc = describe(rng.choice(shapes), rng)
             swap = rng.choice(["kind", "colour", "size", "texture"])
             values = {"kind": desc.kind, "colour": desc.colour, "size": desc.size, "texture": desc.texture}
@@ -534,16 +547,21 @@ def negative(things: Sequence[Thing], rng: random.Random) -> Description | None:
         else:
             spec = random_spec(rng, SEEN_COMBOS)
             desc = describe(Thing(spec.kind, spec.colour, spec.size, spec.texture, (0, 0, 1, 1)), rng)
+        if avoid is not None and _words(desc) & avoid:
+            continue
         if _allowed(desc) and not any(desc.matches(t) for t in things):
             return desc
     return None
 
 
-def _groups(things: Sequence[Thing], rng: random.Random) -> list[tuple[Description, tuple[int, ...]]]:
+Groups = list[tuple[Description, tuple[int, ...]]]
+
+
+def _groups(things: Sequence[Thing], rng: random.Random) -> Groups:
     """Phrases that together cover every thing: each a description and all the things it grounds."""
     order = list(range(len(things)))
     rng.shuffle(order)
-    groups: list[tuple[Description, tuple[int, ...]]] = []
+    groups: Groups = []
     covered: set[int] = set()
     for i in order:
         if i in covered and rng.random() > 0.15:  # now and then a second, overlapping phrase
@@ -555,6 +573,41 @@ def _groups(things: Sequence[Thing], rng: random.Random) -> list[tuple[Descripti
         groups.append((desc, grounded))
         covered.update(grounded)
     return groups
+
+
+def _attributes(thing: Thing) -> set[str]:
+    """Every word that is true of ``thing``."""
+    return {w for w in (thing.kind, thing.colour, thing.size, thing.texture) if w is not None}
+
+
+def _clean_groups(things: Sequence[Thing], rng: random.Random, tries: int = 5) -> Groups | None:
+    """Covering phrases none of whose words is true of a thing it does not ground, or None.
+
+    Why: GLIP's loss is per token, so every token of a phrase that does not describe a box is a
+    negative of that box, even a word that is true of it ("red" in "red square", for a red
+    circle). Such captions teach what words mean together, but give a text encoder that knows no
+    word yet contradicting targets; in a clean caption a token is positive for a box exactly when
+    its word is true of the box, which a model that knows words one by one can already fit.
+    """
+    for _ in range(tries):
+        order = list(range(len(things)))
+        rng.shuffle(order)
+        groups: Groups = []
+        covered: set[int] = set()
+        for i in order:
+            if i in covered:
+                continue
+            for desc in (describe(things[i], rng) for _ in range(6)):
+                grounded = tuple(j for j, t in enumerate(things) if desc.matches(t))
+                if not any(_words(desc) & _attributes(t) for j, t in enumerate(things) if j not in grounded):
+                    groups.append((desc, grounded))
+                    covered.update(grounded)
+                    break
+            else:
+                break
+        else:
+            return groups
+    return None
 
 
 def detection_caption(
@@ -592,11 +645,13 @@ def pretraining_scene(seed: int, index: int) -> Scene:
     image, things = render_scene(specs, rng)
     if not things:  # a synthetic field whose shapes found no room: never happens with <= 5 shapes
         raise AssertionError(f"pretraining scene {seed}/{index} has no objects")
-    groups = _groups(things, rng)
+    clean = _clean_groups(things, rng) if rng.random() < CLEAN_CAPTIONS else None
+    groups = clean if clean is not None else _groups(things, rng)
+    avoid = {w for t in things for w in _attributes(t)} if clean is not None else None
     if rng.random() < SENTENCE_STYLE:
         caption, phrases = sentence_caption(groups)
     else:
-        negatives = [negative(things, rng) for _ in range(rng.randint(*NEGATIVES))]
+        negatives = [negative(things, rng, avoid) for _ in range(rng.randint(*NEGATIVES))]
         entries = groups + [(d, ()) for d in dict.fromkeys(n for n in negatives if n is not None)]
         rng.shuffle(entries)
         caption, phrases = detection_caption(entries)

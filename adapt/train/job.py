@@ -122,16 +122,25 @@ _warned_untrained: set[str] = set()
 
 
 def warn_untrained_default(cfg: DictConfig) -> None:
-    """Once per process: a real task with `glip_mini` (random weights) gives meaningless AP."""
+    """Once per process: a real task with a mini GLIP (random weights, or weights that know only
+    the generated world's words) gives meaningless AP."""
     task = str(cfg.task.get("id") or cfg.task.get("name"))
-    if str(cfg.model.get("name")) != "glip_mini" or task == "demo" or task in _warned_untrained:
+    model = str(cfg.model.get("name"))
+    if model not in MINI_MODELS or task == "demo" or task.startswith("world/") or task in _warned_untrained:
         return
     _warned_untrained.add(task)
     log.warning(
-        "model=glip_mini is an untrained miniature GLIP (random weights, for tests and the demo): "
-        "its AP on %s means nothing; choose a released model, e.g. model=glip_t",
+        "model=%s is %s: its AP on %s means nothing; choose a released model, e.g. model=glip_t",
+        model,
+        MINI_MODELS[model],
         task,
     )
+
+
+MINI_MODELS = {
+    "glip_mini": "an untrained miniature GLIP (random weights, for tests and the demo)",
+    "glip_mini_pretrained": "a miniature GLIP that knows only the words of adapt's generated world",
+}
 
 
 # ------------------------------------------------------------------------------------------------
