@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fp16", action=argparse.BooleanOptionalAction, default=True, help="store weights as fp16"
     )
     p.add_argument("--out", type=Path, default=SHIPPED)
+    p.add_argument("--fp32-copy", type=Path, default=None, help="also save the fp32 weights here")
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: OUT with .json)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument(
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             save(model, args.out.with_suffix(f".step{step + 1}.safetensors"), args.fp16)
 
     save(model, args.out, args.fp16)
+    if args.fp32_copy is not None:
+        save(model, args.fp32_copy, fp16=False)
     record |= {
         "wall_s": round(time.perf_counter() - start_wall, 1),
         "cpu_s": round(time.process_time() - start_cpu, 1),

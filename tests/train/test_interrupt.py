@@ -23,6 +23,7 @@ from adapt.train.job import Interrupted, _raise_on_sigterm, check_resume_file, r
 
 # A long run (no early stop) that only the signal ends; one-shot, two workers.
 LONG_RUN = [
+    "model=glip_mini",
     "trainer=debug",
     "logger=none",
     *TINY_INPUT,
