@@ -3,6 +3,7 @@ held-out words, shapes and pairs that really stay out of pretraining."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -58,6 +59,22 @@ def parse(text: str) -> tuple[Description, bool]:
     return Description(kind, **values), plural
 
 
+# SHA-256 of the grounding records (captions, spans, boxes) of pretraining scenes 0..19, seed 0, at
+# WORLD_VERSION 1. A change of the world must bump WORLD_VERSION (cached task data is keyed by it)
+# and this digest, and means pretraining again.
+RECORDS_SHA256 = "70f031917c6d7863b2a25599d3954454d0f990b3977e180db5342fc1cc3be8d8"
+
+
+def test_the_world_is_the_one_recorded():
+    """The same captions and boxes as when glip_mini_pretrained was trained (pure-Python RNG, so
+    independent of the Pillow version; the pixels are checked across processes below)."""
+    digest = hashlib.sha256()
+    for i in range(20):
+        digest.update(json.dumps(pretraining_scene(0, i).grounding_record(), sort_keys=True).encode())
+    assert (world.WORLD_VERSION, digest.hexdigest()) == (1, RECORDS_SHA256)
+
+
+@pytest.mark.slow  # a second Python process importing torch: seconds on a quiet machine
 def test_scenes_are_identical_in_another_process(tmp_path):
     """Same pixels, boxes and caption from the seed alone (no hash randomisation, no global RNG):
     ``python -m adapt.data.world`` in another process writes what this one draws."""
