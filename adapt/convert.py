@@ -14,7 +14,6 @@ that file alone, and the safetensors output never needs it again.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,23 +29,14 @@ from adapt.model.checkpoint import (
 )
 from adapt.model.config import GLIPConfig
 from adapt.model.glip import build_glip
-
-
-def resolve_global(name: str) -> tuple[object, str]:
-    """``module.attr`` -> (object, name) for torch's allowlist; the name is kept as the file spells it."""
-    module, _, attr = name.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise CheckpointError(f"--allow-global {name}: no such global (module.attribute) here") from None
-    return obj, name
+from adapt.model.safe_load import data_global
 
 
 def convert(
     source: str | Path, target: str | Path, cfg: GLIPConfig, allow_globals: Sequence[str] = ()
 ) -> LoadReport:
     """Load ``source`` (official .pth) into a model of ``cfg`` and save it as ``target``."""
-    sd, fmt, _ = read_state_dict(source, [resolve_global(g) for g in allow_globals])
+    sd, fmt, _ = read_state_dict(source, [data_global(g) for g in allow_globals])
     if fmt != "official":
         raise CheckpointError(f"{source}: already an adapt checkpoint")
     model = build_glip(cfg)

@@ -25,19 +25,21 @@ from torch import Tensor
 
 from adapt.data.io import read_image
 from adapt.data.transforms import Resize, ToTensor, resize_boxes
-from adapt.model.checkpoint import LoadReport, load_checkpoint, read_config
+from adapt.export import Export, ExportError, load_export
+from adapt.model.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_config
 from adapt.model.config import GLIPConfig, model_config, model_names
 from adapt.model.glip import GLIP, build_glip
 from adapt.model.language import TextFeatures
 from adapt.model.preprocess import batch_images
+from adapt.modes import InferenceText, UnknownModeError, policy_for_export
 from adapt.prompt import (
+    PACKAGED_TOKENIZERS,
     EncodedPrompt,
     PromptTooLongError,
     encode_caption,
     encode_prompt_chunks,
     load_tokenizer,
 )
-from adapt.train.export import Export, load_export
 
 ImageInput = str | Path | Image.Image
 MARKED_PHRASE = re.compile(r"\[([^\[\]]+)\]")
@@ -71,12 +73,14 @@ class Detector:
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(model.cfg.language.tokenizer)
         self.load_report: LoadReport | None = None
-        # A prompt-tuning artifact: its stored embeddings replace the text encoder (see from_export).
-        self.prompt: Export | None = None
-        # What predict() detects when given no classes: the classes an exported run was trained on,
-        # with the run's own caption (a linear, LoRA or full export; a prompt export stores its text).
-        self.default_classes: list[str] = []
-        self.default_prompt: EncodedPrompt | None = None
+        # What predict() detects when given no classes: an export's own caption and, where the
+        # mode learned them, its stored text features (then the text encoder is dropped).
+        self.export_text: InferenceText | None = None
+
+    @property
+    def default_classes(self) -> list[str]:
+        """What ``predict()`` detects when given no classes: the loaded export's classes, else none."""
+        return list(self.export_text.prompt.class_names) if self.export_text is not None else []
 
     @classmethod
     def from_config(
@@ -113,13 +117,28 @@ class Detector:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 4
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+        tokenizer: str | Path | None = None,
     ) -> Detector:
-        """An adapt ``.safetensors`` file carries its GLIPConfig: no model name needed."""
+        """An adapt ``.safetensors`` file carries its GLIPConfig: no model name needed.
+
+        The file is data: the tokenizer it names must be one adapt ships, or ``tokenizer`` (a folder
+        the user passes) replaces it.
+        """
         cfg = read_config(path)
         if cfg is None:
             raise ValueError(
                 f"{path}: no GLIPConfig stored; use Detector.from_config(model_name, checkpoint=...)"
+            )
+        if tokenizer is not None:
+            cfg = cfg.with_tokenizer(str(tokenizer))
+        elif cfg.language.tokenizer not in PACKAGED_TOKENIZERS:
+            raise CheckpointError(
+                f"{path}: names tokenizer {cfg.language.tokenizer!r}, which adapt does not ship; pass the "
+                "tokenizer folder yourself (Detector.from_checkpoint(..., tokenizer=DIR))"
             )
         return cls.from_config(cfg, checkpoint=path, device=device, batch_size=batch_size)
 
@@ -132,6 +151,7 @@ class Detector:
         device: str | torch.device = "cpu",
         batch_size: int = 4,
         download: bool = False,
+        tokenizer: str | Path | None = None,
     ) -> Detector:
         """The base model a training run adapted, plus what the run exported (``<run>/export``).
 
@@ -141,25 +161,34 @@ class Detector:
         test-time input sizes and inference settings, and the run's caption. A prompt-tuning
         artifact carries its prompt embeddings, so the text encoder is dropped; ``predict()`` without
         classes detects the run's classes with the run's caption in every mode, so it reproduces the
-        run's test detections. ``model`` names another model config of the same architecture.
+        run's test detections. ``model`` names another model config of the same architecture;
+        ``tokenizer`` is a tokenizer folder, for an export whose tokenizer adapt does not ship.
+
+        The export's JSON is data: its mode is resolved by name through the mode registry, its
+        model name must be a shipped model config, and nothing it names is imported or opened.
         """
         artifact = load_export(path)
+        try:
+            policy = policy_for_export(artifact.policy_name)
+        except UnknownModeError as exc:
+            raise ExportError(f"{artifact.metadata_file}: {exc}") from None
         name = model or artifact.base_name
         official = model_config(name) if name in model_names() else None
         if model is not None and official is None:
             raise ValueError(f"unknown model config {model!r}; known: {model_names()}")
         # The recorded architecture, unless another model is named (or a format-1 export has none).
         replace = official is not None and (model is not None or "arch" not in artifact.config)
-        cfg = artifact.glip_config(official["arch"] if replace else None)  # type: ignore[index]
-        weights = artifact.base_weights(checkpoint, official, download=download)
+        cfg = artifact.glip_config(official["arch"] if replace else None, tokenizer)  # type: ignore[index]
+        weights = _export_weights(artifact, checkpoint, official, download)
         seed = artifact.random_init_seed
         glip = build_glip(cfg, seed=seed if seed is not None else 0)
         report = load_checkpoint(glip, weights) if weights is not None else None
-        artifact.check_model(glip)
+        text = policy.load_export(artifact, glip)
+        if text.features is not None:
+            glip.language_backbone = None  # type: ignore[assignment]  # the stored text replaces it
         detector = cls(glip, device=device, batch_size=batch_size)
         detector.load_report = report
-        detector.default_classes = list(artifact.class_names)
-        artifact.policy().attach_export(artifact, detector)  # the mode says how its export applies
+        detector.export_text = text
         return detector
 
     # ----------------------------------------------------------------------------------------------
@@ -256,18 +285,17 @@ class Detector:
     def _queries(
         self, classes: Sequence[str] | None, caption: str | None, phrases: Sequence[str] | None
     ) -> list[_Query]:
-        """One query per forward pass: a prompt chunk, a caption, or the loaded prompt artifact."""
-        if classes is None and caption is None and self.prompt is None and self.default_prompt is not None:
-            return [self._text_query(self.default_prompt)]
-        if classes is None and caption is None and self.prompt is None:
-            classes = self.default_classes or None
-        if classes is None and caption is None and self.prompt is not None:
-            artifact = self.prompt
+        """One query per forward pass: a prompt chunk, a caption, or the loaded export's text."""
+        exported = self.export_text
+        if classes is None and caption is None and exported is not None:
+            if exported.features is None:
+                return [self._text_query(exported.prompt)]
+            p = exported.prompt
             return [
                 _Query(
-                    dict(enumerate(artifact.class_names, start=1)),
-                    artifact.label_to_tokens,
-                    lambda n: artifact.text_features(n, self.device),
+                    dict(zip(p.labels, p.class_names, strict=True)),
+                    p.label_to_tokens,
+                    lambda n: exported.batch(n, self.device),
                 )
             ]
         if self.model.language_backbone is None:
@@ -310,3 +338,35 @@ class _Query:
     names: dict[int, str]  # label -> class name
     label_to_tokens: dict[int, list[int]]
     text: Callable[[int], TextFeatures]  # batch size -> text features
+
+
+def _export_weights(
+    export: Export, checkpoint: str | Path | None, official: Mapping[str, Any] | None, download: bool
+) -> Path | None:
+    """The weights file ``export`` was trained on, checked by SHA-256 (None: the seeded random init).
+
+    ``checkpoint`` is the user's file; without one, the model config's official checkpoint is taken
+    through :func:`adapt.download.require_checkpoint` when it is the recorded file. Any other weights
+    stop here with the hash they should have.
+    """
+    ck, where = export.checkpoint, export.metadata_file
+    if not ck:
+        raise ExportError(
+            f"{where}: records no base weights (base_model.checkpoint), so it cannot be checked"
+        )
+    if ck.get("file") is None and checkpoint is None:
+        return None
+    if checkpoint is None:
+        want = (official or {}).get("checkpoint") or {}
+        # Exports record the file's name; a packaged checkpoint's config names "package:<path>".
+        if Path(str(want.get("file"))).name != ck.get("file"):
+            raise ExportError(
+                f"{where}: trained on checkpoint {ck.get('file')} (sha256 {ck.get('sha256')}), which is not "
+                f"{export.base_name}'s official one; pass that file as --checkpoint "
+                "(Detector.from_export(..., checkpoint=...))"
+            )
+        from adapt.download import require_checkpoint
+
+        checkpoint = require_checkpoint(official, download=download)  # type: ignore[arg-type]
+        assert checkpoint is not None
+    return export.verify_weights(checkpoint)

@@ -40,10 +40,10 @@ file comes from and how it is checked is said in one place.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -59,6 +59,7 @@ from omegaconf import DictConfig, OmegaConf
 import adapt
 from adapt.atomic import write_json
 from adapt.data.task import PACKAGE_PREFIX, data_path, resolve_config
+from adapt.digest import file_sha256
 from adapt.model.config import model_config, model_names
 
 DEFAULT_CACHE = "~/.cache/adapt"
@@ -113,14 +114,6 @@ def hf_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,10 +283,10 @@ def fetch_command(task_cfg: Mapping[str, Any] | DictConfig) -> str | None:
     c = _as_dict(task_cfg)
     if not c.get("hub_file"):
         return None
-    command = f"python -m adapt.download {c.get('id')}"
+    command = f"python -m adapt.download {shlex.quote(str(c.get('id')))}"
     default_dir = cache_dir() / "datasets" / "odinw"
     if c.get("download_dir") and data_path(c["download_dir"]) != default_dir:
-        command += f" --data-dir '{c['download_dir']}'"
+        command += f" --data-dir {shlex.quote(str(c['download_dir']))}"
     return command
 
 
@@ -362,7 +355,7 @@ def fetch_dataset(
     download_dir = data_path(c["download_dir"])
     name = Path(c["hub_file"]).stem
     staging = download_dir / f".{name}.hub"
-    command = fetch_command(c) or f"python -m adapt.download {c.get('id')}"
+    command = fetch_command(c) or f"python -m adapt.download {shlex.quote(str(c.get('id')))}"
     try:
         archive, _, _ = hub_download(
             str(c["hub_repo"]), str(c["hub_file"]), command, staging, endpoint, force, progress
@@ -386,7 +379,7 @@ def _checkpoint_spec(model_cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any
 def checkpoint_command(model_cfg: Mapping[str, Any] | DictConfig) -> str:
     """The command that fetches (or repairs) a model's checkpoint."""
     c = _as_dict(model_cfg)
-    return f"python -m adapt.download {c.get('name') or c['checkpoint']['file']}"
+    return f"python -m adapt.download {shlex.quote(str(c.get('name') or c['checkpoint']['file']))}"
 
 
 def checkpoint_path(model_cfg: Mapping[str, Any] | DictConfig) -> Path | None:
@@ -446,7 +439,7 @@ def verify_checkpoint(
         if expected is not None and stat.st_size != int(expected):
             raise DownloadError(f"{path} has {stat.st_size} bytes but {expected} {what}")
     unchanged = entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
-    digest = entry["sha256"] if unchanged and not full and entry.get("sha256") else sha256_of(real)
+    digest = entry["sha256"] if unchanged and not full and entry.get("sha256") else file_sha256(real)
     etag = real.name if real.parent.name == "blobs" and SHA256.match(real.name) else None
     hashes = (
         (f"the config pins ({name}: checkpoint.sha256)", (ckpt.get("sha256") or "").lower() or None),
@@ -526,7 +519,7 @@ def packaged_checkpoint(model_cfg: Mapping[str, Any] | DictConfig) -> Path:
         raise MissingDataError(
             f"model {c.get('name')}: packaged checkpoint {path} is missing; reinstall adapt"
         )
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if pinned is not None and digest != pinned:
         raise DownloadError(
             f"model {c.get('name')}: packaged checkpoint {path} has SHA-256 {digest} but the config pins "
@@ -570,11 +563,10 @@ def require_checkpoint(
 
 
 def load_config(group: str, option: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose `conf/<group>/<option>.yaml` alone (as Hydra would inside the job) and return that node."""
-    from hydra import compose, initialize_config_dir
+    """The ``conf/<group>/<option>.yaml`` node of the composed job config (as the job would see it)."""
+    from adapt.config import compose_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(overrides=[f"+{group}={option}", *overrides])
+    cfg = compose_config([f"{group}={option}", *overrides])
     node = cfg[group]
     OmegaConf.set_readonly(node, False)
     return node

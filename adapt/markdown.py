@@ -15,8 +15,13 @@ def md_escape(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\r\n", " ").replace("\n", " ")
 
 
-def md_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """The lines of a GitHub-flavoured Markdown table (header and cells escaped)."""
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+def md_table(header: Sequence[Any], rows: Iterable[Sequence[Any]], align: str | None = None) -> list[str]:
+    """The lines of a GitHub-flavoured Markdown table (header and cells escaped).
+
+    ``align``: one letter per column, ``l`` or ``r`` (numbers read better right-aligned); default left.
+    """
+    marks = {"l": "---|", "r": "---:|"}
+    rule = "|" + "".join(marks[a] for a in (align or "l" * len(header)))
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", rule]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return lines

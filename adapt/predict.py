@@ -27,7 +27,7 @@ from PIL import ImageDraw
 from adapt.atomic import write_json
 from adapt.data.io import read_image
 from adapt.detector import Detections, Detector
-from adapt.evaluate import coco_xywh
+from adapt.metrics.coco import coco_xywh
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 
@@ -117,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model", help="model config name (conf/model/); default: the artifact's, else glip_t"
     )
     parser.add_argument("--checkpoint", help="weights file instead of the model's official checkpoint")
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer folder, for an export or checkpoint whose tokenizer adapt does not ship",
+    )
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument(
         "--threshold", type=float, default=0.3, help="score threshold for drawing (default 0.3)"
@@ -130,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
         if args.prompt:
-            detector = Detector.from_export(args.prompt, args.model, args.checkpoint, args.device)
+            detector = Detector.from_export(
+                args.prompt, args.model, args.checkpoint, args.device, tokenizer=args.tokenizer
+            )
         else:
             detector = Detector.from_config(args.model or "glip_t", args.checkpoint, args.device)
         override_settings(detector, args, from_export=bool(args.prompt))

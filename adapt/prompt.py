@@ -118,6 +118,10 @@ def build_caption(
     return caption, spans
 
 
+# The tokenizers adapt ships (adapt/resources/<name>); any other tokenizer is a folder the user names.
+PACKAGED_TOKENIZERS = ("bert-base-uncased",)
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(name: str = "bert-base-uncased") -> PreTrainedTokenizerFast:
     """The WordPiece tokenizer GLIP uses, from the vocabulary shipped with adapt (never the network).
@@ -125,9 +129,8 @@ def load_tokenizer(name: str = "bert-base-uncased") -> PreTrainedTokenizerFast:
     ``name`` is "bert-base-uncased" (the packaged vocabulary) or a local tokenizer folder. Cached:
     every dataset, model and prompt shares one instance.
     """
-    resource = files("adapt").joinpath("resources", name)
-    if resource.is_dir():
-        with as_file(resource) as path:
+    if name in PACKAGED_TOKENIZERS:
+        with as_file(files("adapt").joinpath("resources", name)) as path:
             return BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
     if Path(name).is_dir():
         return BertTokenizerFast.from_pretrained(name, local_files_only=True)

@@ -28,13 +28,13 @@ def _main(cfg: DictConfig) -> float | None:
     """Run one job; the return value (test AP) lets Hydra sweepers optimise over runs."""
     from adapt.data.errors import DataError
     from adapt.download import DownloadError, MissingDataError
+    from adapt.export import ExportError
     from adapt.model.checkpoint import CheckpointError
     from adapt.prompt import PromptTooLongError
-    from adapt.rundir import RunLockedError
-    from adapt.train.config import ConfigError
-    from adapt.train.export import ExportError
-    from adapt.train.job import run_job
-    from adapt.train.summary import to_log_files
+    from adapt.runs.config import ConfigError
+    from adapt.runs.job import run_job
+    from adapt.runs.rundir import RunLockedError
+    from adapt.runs.summary import to_log_files
 
     try:
         return run_job(cfg)

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from adapt.markdown import md_table
+
 MIB = 1 << 20
 
 
@@ -156,7 +158,7 @@ def main() -> None:
     finally:
         if args.file is None:
             path.unlink(missing_ok=True)
-    from adapt.train.results import machine_info
+    from adapt.runs.results import machine_info
 
     summary = {
         "model": args.model,
@@ -164,13 +166,24 @@ def main() -> None:
         "file_mib": round(size / MIB),
     }
     print(json.dumps({**summary, "machine": machine_info()}))
-    print("| torch.load | load s | RSS before -> peak (MiB) | RssAnon before -> peak (MiB) | VmHWM (MiB) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| mmap={r['mmap']} | {r['seconds']} | {r['baseline_rss_mib']} -> {r['peak_rss_mib']} | "
-            f"{r['baseline_anon_mib']} -> {r['peak_anon_mib']} | {r['vm_hwm_mib']} |"
-        )
+    header = [
+        "torch.load",
+        "load s",
+        "RSS before -> peak (MiB)",
+        "RssAnon before -> peak (MiB)",
+        "VmHWM (MiB)",
+    ]
+    table = [
+        [
+            f"mmap={r['mmap']}",
+            r["seconds"],
+            f"{r['baseline_rss_mib']} -> {r['peak_rss_mib']}",
+            f"{r['baseline_anon_mib']} -> {r['peak_anon_mib']}",
+            r["vm_hwm_mib"],
+        ]
+        for r in rows
+    ]
+    print("\n".join(md_table(header, table)))
 
 
 if __name__ == "__main__":

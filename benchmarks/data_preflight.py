@@ -24,7 +24,7 @@ from PIL import Image
 from adapt.data import build_task
 from adapt.data.io import read_image
 from adapt.data.validate import check_images
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 
 def _timed(fn, reps: int) -> float:
@@ -55,7 +55,7 @@ def _synthetic_task(root: Path, size: tuple[int, int], count: int):
     )
 
 
-def measure(name: str, open_splits, reps: int) -> None:
+def measure(name: str, open_splits, reps: int) -> list:
     splits = open_splits()
     images = check_images(splits, threads=1).images
     paths = sorted({ds.image_path(i) for ds in splits for i in range(len(ds))})
@@ -63,10 +63,8 @@ def measure(name: str, open_splits, reps: int) -> None:
     t_one = _timed(lambda: check_images(splits, threads=1), reps)
     t_pool = _timed(lambda: check_images(splits), reps)
     t_full = _timed(lambda: [read_image(p) for p in paths], reps)
-    print(
-        f"| {name} | {images} | {t_open * 1e3:.0f} | {t_one * 1e3:.0f} | {t_pool * 1e3:.0f} | "
-        f"{t_full * 1e3:.0f} | {t_one / images * 1e3:.2f} |"
-    )
+    ms = [f"{t * 1e3:.0f}" for t in (t_open, t_one, t_pool, t_full)]
+    return [name, images, *ms, f"{t_one / images * 1e3:.2f}"]
 
 
 def main() -> None:
@@ -79,27 +77,25 @@ def main() -> None:
     print(machine_info())
     columns = ["set", "images", "open splits (ms)", "decode, 1 thread (ms)", "decode, pool (ms)"]
     columns += ["full decode (ms)", "ms / image"]
-    print("| " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|---|---|")
-    from hydra import compose, initialize_config_dir
+    from adapt.config import compose_config
+    from adapt.markdown import md_table
 
-    import adapt
-
-    with initialize_config_dir(config_dir=str(Path(adapt.__file__).parent / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config")
+    cfg = compose_config()
 
     def demo_splits():
         task = build_task(cfg.task)
         return [task.dataset("train", 5, 3), task.dataset("val", 5, 3), task.dataset("test")]
 
-    measure("demo (train 5-shot, val 5-shot, test)", demo_splits, args.reps)
+    rows = [measure("demo (train 5-shot, val 5-shot, test)", demo_splits, args.reps)]
     for text in args.sizes:
         w, h = (int(v) for v in text.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             task = _synthetic_task(Path(tmp), (w, h), args.count)
-            measure(
-                f"{args.count} JPEGs {w}x{h}", lambda task=task: [task.dataset("test")], max(1, args.reps - 2)
+            reps = max(1, args.reps - 2)
+            rows.append(
+                measure(f"{args.count} JPEGs {w}x{h}", lambda task=task: [task.dataset("test")], reps)
             )
+    print("\n".join(md_table(columns, rows, "lrrrrrr")))
 
 
 if __name__ == "__main__":

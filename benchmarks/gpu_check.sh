@@ -83,7 +83,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # also when the image's setup
     echo "$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)."
     $PY - <<'EOF'
 import torch
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 m = machine_info("cuda" if torch.cuda.is_available() else "cpu")
 print("Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()) + ".")
 EOF

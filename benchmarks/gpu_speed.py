@@ -33,8 +33,9 @@ from model_speed import HEIGHT, WIDTH, model_inputs
 
 from adapt.detector import model_config
 from adapt.flops import count_flops
+from adapt.markdown import md_table
 from adapt.model import GLIPConfig, build_glip
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 # Datasheet peaks in TFLOP/s (dense), by a substring of torch.cuda.get_device_name. fp32 is the
 # plain (non-tensor-core) rate: PyTorch keeps float32 matmuls off TF32 by default.
@@ -158,16 +159,34 @@ def markdown(report: dict[str, Any]) -> str:
             else "; datasheet unknown"
         ),
         "",
-        "| dtype | batch | s/batch | images/s | TFLOP/s | MFU (matmul) | MFU (datasheet) | peak MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    header = [
+        "dtype",
+        "batch",
+        "s/batch",
+        "images/s",
+        "TFLOP/s",
+        "MFU (matmul)",
+        "MFU (datasheet)",
+        "peak MiB",
+    ]
+    table = []
     for r in report["rows"]:
         sheet_mfu = f"{100 * r['mfu_datasheet']:.1f}%" if r["mfu_datasheet"] is not None else "n/a"
         peak = f"{r['peak_memory_mb']:.0f}" if "peak_memory_mb" in r else "n/a"
-        lines.append(
-            f"| {r['dtype']} | {r['batch']} | {r['s_per_batch']:.3f} | {r['images_per_s']:.2f} | "
-            f"{r['tflops']:.3g} | {100 * r['mfu_measured']:.1f}% | {sheet_mfu} | {peak} |"
+        table.append(
+            [
+                r["dtype"],
+                r["batch"],
+                f"{r['s_per_batch']:.3f}",
+                f"{r['images_per_s']:.2f}",
+                f"{r['tflops']:.3g}",
+                f"{100 * r['mfu_measured']:.1f}%",
+                sheet_mfu,
+                peak,
+            ]
         )
+    lines += md_table(header, table, "lrrrrrrr")
     if report["uncounted_ops"]:
         lines.append(
             f"\nOps without a FLOP formula (MFU is a lower bound): {', '.join(report['uncounted_ops'])}"

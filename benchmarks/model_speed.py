@@ -26,7 +26,7 @@ import torch
 from adapt.detector import model_config
 from adapt.model import GLIPConfig, build_glip
 from adapt.model.preprocess import batch_images
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 HEIGHT, WIDTH = 800, 1333
 CLASSES_CAPTION_TOKENS = 20  # a typical ODinW prompt: [CLS] + ~18 word pieces + [SEP]

@@ -29,8 +29,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from adapt.detector import model_config
+from adapt.markdown import md_table
 from adapt.model import GLIPConfig, build_glip
-from adapt.train.results import machine_info
+from adapt.runs.results import machine_info
 
 
 def regions(model: nn.Module) -> dict[str, nn.Module]:
@@ -76,12 +77,10 @@ def build(model_name: str, mode: str | None, device: str) -> nn.Module:
     model = build_glip(cfg).to(device)
     if mode is None:
         return model.eval()
-    import yaml
+    from adapt.config import compose_config
+    from adapt.modes import build_policy  # the mode's requires_grad and train/eval flags
 
-    from adapt.train.modes import build_policy  # the mode's requires_grad and train/eval flags
-
-    conf = Path(__file__).parents[1] / "adapt" / "conf" / "mode" / f"{mode}.yaml"
-    policy = build_policy(yaml.safe_load(conf.read_text(encoding="utf-8")))
+    policy = build_policy(compose_config([f"mode={mode}", "shots=5"]).mode)
     policy.apply(model)
     model.train()
     policy.set_module_modes(model)
@@ -207,19 +206,24 @@ def main(argv: list[str] | None = None) -> int:
         f"# wall {total:.2f} s (profiled), {total_flops / 1e9:.1f} GFLOP "
         f"({total_flops / total / 1e9:.1f} GFLOP/s)"
     )
-    print(f"| {'module':<28} | {'s':>7} | {'time %':>6} | {'GFLOP':>8} | {'FLOP %':>6} | {'GFLOP/s':>7} |")
-    print(f"|{'-' * 30}|{'-' * 9}|{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
-    rows = []
+    rows, table = [], []
     for label in [*modules, "head predictions", "other (glue; backward)"]:
         if label == "head (all)" or (label == "loss" and not args.train):
             continue
         s, f = per[label], flops.get(label, 0.0)
         rows.append({"module": label, "seconds": s, "flops": f})
         rate = f / s / 1e9 if s > 0 else 0.0
-        print(
-            f"| {label:<28} | {s:7.3f} | {100 * s / total:6.1f} | {f / 1e9:8.2f} | "
-            f"{100 * f / total_flops:6.1f} | {rate:7.1f} |"
+        table.append(
+            [
+                label,
+                f"{s:.3f}",
+                f"{100 * s / total:.1f}",
+                f"{f / 1e9:.2f}",
+                f"{100 * f / total_flops:.1f}",
+                f"{rate:.1f}",
+            ]
         )
+    print("\n".join(md_table(["module", "s", "time %", "GFLOP", "FLOP %", "GFLOP/s"], table, "lrrrrr")))
     print("\n# top operators by self CPU time")
     for key, s, count in ops:
         print(f"  {key:<50} {s:8.3f} s  {100 * s / total:5.1f} %  x{count}")

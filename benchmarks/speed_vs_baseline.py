@@ -157,7 +157,7 @@ def compare(ref_path: Path, new_path: Path) -> dict[str, Any]:
 def machine_line(threads: int) -> dict[str, Any]:
     import torch
 
-    from adapt.train.results import machine_info
+    from adapt.runs.results import machine_info
 
     torch.set_num_threads(threads)
     return machine_info("cpu")

@@ -2,7 +2,7 @@
 
 `run_sweep` starts `python app.py -m ...` in a project whose config groups are one-line files and
 whose job records a result chosen by the test (`plan`) through the same functions the training
-job uses (`adapt.sweep.run_job`, `adapt.record.update_record`). Tests of the report, the cost
+job uses (`adapt.runs.sweep.run_job`, `adapt.runs.record.update_record`). Tests of the report, the cost
 estimate and the sweep build their sweep folders this way, so they read what a sweep really writes.
 """
 
@@ -42,8 +42,8 @@ import json, os, signal
 from pathlib import Path
 
 import hydra
-from adapt import sweep
-from adapt.record import composed_config, update_record
+from adapt.runs import sweep
+from adapt.runs.record import composed_config, update_record
 
 PLAN = json.loads(Path(os.environ["STUB_PLAN"]).read_text())
 COUNTER = Path(os.environ["STUB_COUNTER"])
@@ -83,7 +83,7 @@ if __name__ == "__main__":
 
 
 def _folder_exclude_keys() -> list[str]:
-    """adapt's own list of the overrides that leave a run's folder name alone (adapt/rundir.py)."""
+    """adapt's own list of the overrides that leave a run's folder name alone (adapt/resolvers.py)."""
     import yaml
 
     cfg = yaml.safe_load((CONF / "config.yaml").read_text())

@@ -127,7 +127,7 @@ def test_one_normalize_shots_in_the_package():
     defining = [
         str(p.relative_to(package)) for p in package.rglob("*.py") if "def normalize_shots(" in p.read_text()
     ]
-    assert defining == ["sweep.py"]
+    assert defining == ["grid.py"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def test_the_modes_optimiser_is_adamw_over_the_official_groups():
     from hydra.utils import instantiate
 
     from adapt.model import GLIPConfig, build_glip
-    from adapt.train.modes import build_policy
+    from adapt.modes import build_policy
 
     cfg = compose_with("mode=full")
     model = build_glip(GLIPConfig.from_dict(OmegaConf.to_container(cfg.model.arch, resolve=True)))

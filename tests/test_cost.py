@@ -6,6 +6,7 @@ No wall-clock value is ever asserted: timings only have to be positive numbers.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from adapt.train.datamodule import steps_per_period
 from benchmarks.odinw import cost, estimate, protocol
 
 CONF = Path(adapt.__file__).parent / "conf"
-SPEC = Path("/work/shared/docs/glip_spec.md")
+# ../shared beside the repository (as CI checks it out), found from here rather than a fixed path.
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "glip_spec.md"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -45,7 +47,9 @@ def test_sizes_csv_totals_and_classes_match_the_task_configs():
 
 def test_sizes_csv_matches_glip_spec_table_9():
     if not SPEC.is_file():
-        pytest.skip(f"{SPEC} is not available in this checkout")
+        if os.environ.get("ADAPT_REQUIRE_SHARED"):  # set by .ci/run: there the spec must be checked
+            pytest.fail(f"{SPEC} is missing (ADAPT_REQUIRE_SHARED is set)")
+        pytest.skip(f"{SPEC} is not available beside this checkout")
     text = SPEC.read_text(encoding="utf-8")
     section = text.split("### 4.1", 1)[1].split("### 4.2", 1)[0]
     spec_rows = {}
@@ -270,8 +274,9 @@ def _check_markdown_tables(text: str) -> int:
 @pytest.mark.parametrize(
     ("modes", "jobs"),
     [
-        # full fine-tuning alone: 13 x (1 zero-shot + 4 shots x 3 seeds + 1 full-data) runs
-        pytest.param(("full",), 13 * 14, id="full"),
+        # full fine-tuning and the cached linear probe (a mode whose YAML has a defaults list):
+        # 13 x (1 zero-shot + 2 modes x (4 shots x 3 seeds + 1 full-data)) runs
+        pytest.param(("full", "linear_cached"), 13 * 27, id="full-and-linear_cached"),
         pytest.param(
             ("prompt", "linear", "full", "lora"), 520 + 169, id="every-mode", marks=pytest.mark.slow
         ),

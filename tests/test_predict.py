@@ -16,13 +16,13 @@ from PIL import Image
 
 import adapt
 from adapt.detector import Detector
-from adapt.evaluate import coco_xywh, evaluate
+from adapt.export import checkpoint_identity, model_identity
+from adapt.metrics.coco import coco_xywh, evaluate
 from adapt.model import GLIPConfig, build_glip, load_checkpoint
+from adapt.modes import build_policy, export_run
 from adapt.predict import main
 from adapt.prompt import encode_prompt, load_tokenizer
-from adapt.train.export import checkpoint_identity, export_run, model_identity
-from adapt.train.job import TEST_DETECTIONS, run_job
-from adapt.train.modes import build_policy
+from adapt.runs.job import TEST_DETECTIONS, run_job
 
 FIXTURE = Path(__file__).parent / "fixtures" / "glip_mini_oracle"
 DEMO = Path(adapt.__file__).parent / "data" / "demo"
@@ -42,11 +42,12 @@ def _prompt_artifact(out: Path) -> Path:
     arch["input"].update(min_size_test=96, max_size_test=128)  # recorded: predict's default
     model = build_glip(GLIPConfig.from_dict(arch))
     load_checkpoint(model, FIXTURE / "mini_glip.pth")
-    trainable = build_policy({"name": "prompt"}).apply(model)  # zero offset: the plain "tree" prompt
+    policy = build_policy({"name": "prompt"})
+    trainable = policy.apply(model)  # zero offset: the plain "tree" prompt
     state = {n: p.detach() for n, p in model.named_parameters() if n in trainable}
     prompt = encode_prompt(["tree"], load_tokenizer())
     identity = model_identity(model, "glip_mini", checkpoint_identity(FIXTURE / "mini_glip.pth"))
-    return export_run(out, model, "prompt", state, prompt, identity)
+    return export_run(out, model, policy, state, prompt, identity)
 
 
 def test_predict_writes_coco_detections_and_drawn_images(tmp_path):

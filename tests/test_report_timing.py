@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from adapt import report as rp
 from adapt.report.render import render_markdown
-from adapt.sweep import GridPoint
+from adapt.grid import GridPoint
 from tests.test_report import write_result
 
 

@@ -1,5 +1,6 @@
-"""Run folders (adapt/rundir.py, the skip rules in adapt/sweep.py): one folder per distinct run,
-a complete result never destroyed, one process per folder, output a person can read.
+"""Run folders (adapt/resolvers.py, adapt/runs/rundir.py, the skip rules in adapt/runs/sweep.py):
+one folder per distinct run, a complete result never destroyed, one process per folder, output a
+person can read.
 
 The behaviour tests are real `python -m adapt.run` processes on the two small COCO datasets of
 tests/test_sweep.py (glip_mini, 32-pixel inputs, trainer=debug, no workers, no logger).
@@ -17,20 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from adapt import rundir, sweep
+from adapt import resolvers
+from adapt.runs import rundir, sweep
 from tests.test_sweep import SMALL_INPUT, _e2e_project
 
 EXCLUDE = ["task", "seed", "logger", "logger.*", "hydra.*"]
 
 
 def test_the_suffix_hashes_only_the_overrides_that_make_a_run_distinct():
-    assert rundir.run_suffix(["task=a", "seed=3", "logger=none", "logger.project=x"], EXCLUDE) == ""
-    one = rundir.run_suffix(["task.data_root=/a", "task=x"], EXCLUDE)
+    assert resolvers.run_suffix(["task=a", "seed=3", "logger=none", "logger.project=x"], EXCLUDE) == ""
+    one = resolvers.run_suffix(["task.data_root=/a", "task=x"], EXCLUDE)
     assert one.startswith("-") and len(one) == 9
-    assert one != rundir.run_suffix(["task.data_root=/b"], EXCLUDE)
+    assert one != resolvers.run_suffix(["task.data_root=/b"], EXCLUDE)
     # order does not matter; a + prefix is the same key for the exclusion
-    assert rundir.run_suffix(["b=1", "a=2"], EXCLUDE) == rundir.run_suffix(["a=2", "b=1"], EXCLUDE)
-    assert rundir.run_suffix(["+logger.tags=[a]"], EXCLUDE) == ""
+    assert resolvers.run_suffix(["b=1", "a=2"], EXCLUDE) == resolvers.run_suffix(["a=2", "b=1"], EXCLUDE)
+    assert resolvers.run_suffix(["+logger.tags=[a]"], EXCLUDE) == ""
 
 
 def _env() -> dict[str, str]:

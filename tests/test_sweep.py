@@ -1,6 +1,6 @@
 """Sweeps: the protocol's grid rule, resumability, fault isolation, the manifest, and the configs.
 
-Three levels: unit tests of adapt.sweep; multiruns through Hydra with a stub job (real sweep yaml,
+Three levels: unit tests of adapt.runs.sweep; multiruns through Hydra with a stub job (real sweep yaml,
 real sweeper and launcher, real report, no model; tests/sweep_stub.py); and `python -m adapt.run`
 sweeps with glip_mini: a small one by default (and a job killed mid-run), the full grid behind
 `-m slow`.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,10 +26,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from adapt import manifest, sweep
+from adapt import grid
 from adapt.atomic import write_json
+from adapt.grid import GridPoint, point_skip_reason
 from adapt.report import ODINW13_KEYS
-from adapt.sweep import GridPoint, point_skip_reason
+from adapt.runs import manifest, sweep
 from tests.sweep_stub import CONF, run_sweep, stub_project, trained
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,13 +60,13 @@ def job_cfg(
     [(0, 0), (5, 5), ("5", 5), ("'10'", 10), ("all", "all"), ("ALL", "all"), ("5shot", 5), ("shot3", 3)],
 )
 def test_normalize_shots(value, expected):
-    assert sweep.normalize_shots(value) == expected
+    assert grid.normalize_shots(value) == expected
 
 
 @pytest.mark.parametrize("value", ["few", True, "5x", None, -1, "-1"])
 def test_normalize_shots_rejects(value):
     with pytest.raises(ValueError):
-        sweep.normalize_shots(value)
+        grid.normalize_shots(value)
 
 
 @pytest.mark.parametrize(
@@ -167,8 +170,8 @@ def test_record_failure_keeps_progress_and_the_traceback(tmp_path):
 def test_the_jobs_writes_merge_into_the_sweeps_start_record(tmp_path):
     """One merging writer: the training job's record keeps where and when the attempt started,
     and a resumed run keeps its validation history and time until its next evaluation."""
-    from adapt.record import update_record
-    from adapt.train.results import RunRecord
+    from adapt.runs.record import update_record
+    from adapt.runs.results import RunRecord
 
     sweep.record_start(tmp_path, job_cfg())
     started = json.loads((tmp_path / "results.json").read_text())
@@ -324,7 +327,10 @@ def test_stub_multirun_resumes_isolates_failure_and_reports(tmp_path):
     second = run_sweep(tmp_path, *grid, plan=plan)
     assert trained(tmp_path)[8:] == ["b linear 3 30"]
     # the sweeper left the 7 complete jobs out of the launch: they never reached the launcher
-    assert "8 grid points, 1 jobs to launch (skipped: 7 already complete)" in second.stdout
+    assert re.search(
+        r"8 grid points \(\d+ configurations composed\), 1 jobs to launch \(skipped: 7 already complete\)",
+        second.stdout,
+    )
     assert "Launching 1 jobs locally" in second.stdout
     decided = _manifest(sweep_dir)
     assert sorted(j.decision for j in decided.values()) == ["complete"] * 7 + ["launched"]
@@ -358,7 +364,10 @@ def test_stub_sweep_zero_shot_and_full_data_run_once_with_joblib(tmp_path):
     report = build_report(tmp_path / "multirun" / "smoke", paper=None)
     assert sorted(j.status for j in report.jobs) == ["complete", "complete"]  # skipped points are not jobs
     # the 6 redundant points were never launched: no job folder, no Hydra job config
-    assert "8 grid points, 2 jobs to launch (skipped: 6 redundant grid point)" in result.stdout
+    assert re.search(
+        r"8 grid points \(\d+ configurations composed\), 2 jobs to launch \(skipped: 6 redundant",
+        result.stdout,
+    )
     sweep_dir = tmp_path / "multirun" / "smoke" / "glip_mini"
     job_dirs = sorted(p.parent.relative_to(sweep_dir) for p in sweep_dir.rglob(".hydra"))
     assert [str(d) for d in job_dirs] == ["a/prompt/shotsall_seed3", "a/zero/shots0_seed3"]
@@ -380,7 +389,9 @@ def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
     # of which 2 x (1 zero-shot + 1 prompt x 1 shot x 3 seeds) = 8 run.
     grid = ["+sweep=odinw13", "model=glip_t", "task=odinw/aquarium,odinw/rabbits", "mode=zero,prompt"]
     result = run_sweep(tmp_path, *grid, "shots=0,1", "sweep.dry_run=true")
-    assert "24 grid points, 8 jobs to launch (skipped: 16 redundant grid point)" in result.stdout
+    assert (
+        "24 grid points (3 configurations composed), 8 jobs to launch (skipped: 16 redundant" in result.stdout
+    )
     launches = [
         line.split("would launch: ", 1)[1] for line in result.stdout.splitlines() if "would launch" in line
     ]
@@ -399,6 +410,15 @@ def test_dry_run_lists_the_papers_jobs_and_launches_none(tmp_path):
     report = build_report(tmp_path / "multirun" / "odinw13", paper=None)
     assert [j.status for j in report.jobs] == ["missing"] * 8
     assert {j.note for j in report.jobs} == {"not launched (dry_run)"}
+
+    # Composing every point as the launcher will gives the same decisions, folders and fields.
+    fast = json.loads((tmp_path / "multirun" / "odinw13" / "glip_t" / "sweep_manifest.json").read_text())
+    shutil.rmtree(tmp_path / "multirun")
+    result = run_sweep(tmp_path, *grid, "shots=0,1", "sweep.dry_run=true", "sweep.compose_every_point=true")
+    assert "24 grid points (24 configurations composed)" in result.stdout
+    slow = json.loads((tmp_path / "multirun" / "odinw13" / "glip_t" / "sweep_manifest.json").read_text())
+    strip = [{k: v for k, v in j.items() if k != "decided_at"} for j in fast["jobs"]]
+    assert strip == [{k: v for k, v in j.items() if k != "decided_at"} for j in slow["jobs"]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -555,7 +575,7 @@ def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
         "trainer.enable_progress_bar=false",
     )
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    # shots1_seed3-<hash>: the small inputs and the epochs make this run distinct (adapt/rundir.py)
+    # shots1_seed3-<hash>: the small inputs and the epochs make this run distinct (adapt/resolvers.py)
     parent = tmp_path / "multirun" / "smoke" / "glip_mini" / "demo" / "prompt"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

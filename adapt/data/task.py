@@ -32,9 +32,10 @@ import adapt
 import adapt.fewshot as fewshot  # module import: adapt.fewshot itself imports adapt.data
 from adapt.data.coco import CocoDetection, load_coco_json
 from adapt.data.errors import DataError
+from adapt.data.grounding_task import GroundingTask, build_grounding_task, is_grounding_config
 from adapt.data.transforms import build_transforms
+from adapt.grid import normalize_shots
 from adapt.prompt import CaptionPrompt
-from adapt.sweep import normalize_shots
 
 log = logging.getLogger(__name__)
 
@@ -266,18 +267,21 @@ def _prompts(
     return names, prompts
 
 
-def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task:
+def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
     """Build a Task from a `conf/task/**.yaml` node (e.g. `cfg.task`); cheap unless it must read categories.
 
     Task configs that list `categories` (ODinW, demo) are built without touching the disk, so a
     run can report missing data (adapt.download.require_dataset) before anything else; a config
     with `categories: null` (task=coco) reads them from the first annotation file present.
+    ``type: grounding`` configs are phrase-grounding tasks (`adapt.data.grounding_task`).
     """
     c = resolve_config(cfg)
     task_id = str(c.get("id") or c.get("name") or "task")
     if c.get("data_root") in (None, ""):
         raise DataError(f"task {task_id}: task.data_root must be set to the dataset folder")
     root = data_path(c["data_root"])
+    if is_grounding_config(c):
+        return build_grounding_task(c, root)
     splits = _split_files(c, root)
     drop_background = bool(c.get("drop_background", True))
     if c.get("categories"):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from adapt.data.coco import CocoDetection, unreadable_images_error
 from adapt.data.errors import DataError
+from adapt.data.grounding_task import GroundingDataset
 from adapt.data.io import decode_image
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,12 @@ def _decode(path: Path) -> str | None:
     return None
 
 
-def check_images(datasets: Iterable[CocoDetection], threads: int | None = None) -> ImageCheck:
+def check_images(
+    datasets: Iterable[CocoDetection | GroundingDataset], threads: int | None = None
+) -> ImageCheck:
     """Decode every image the given splits read (each file once); raise a DataError on the first
     unreadable one, naming the file, its annotation file and split, and counting the others."""
-    owner: dict[Path, CocoDetection] = {}
+    owner: dict[Path, CocoDetection | GroundingDataset] = {}
     splits = []
     for ds in datasets:
         splits.append(ds.split)

@@ -8,6 +8,7 @@ Keyword construction keeps building a model separate from reading a config file.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from typing import Any
@@ -158,6 +159,10 @@ class GLIPConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_tokenizer(self, tokenizer: str) -> GLIPConfig:
+        """The same configuration, its tokenizer read from ``tokenizer`` (a shipped name or a folder)."""
+        return dataclasses.replace(self, language=dataclasses.replace(self.language, tokenizer=tokenizer))
+
     @property
     def layer_scale_init(self) -> float:
         h = self.head
@@ -178,7 +183,7 @@ def model_names() -> list[str]:
 
 def model_config(name: str) -> dict[str, Any]:
     """The shipped ``conf/model/<name>.yaml`` as a plain dict (``name``, ``checkpoint``, ``arch``)."""
-    resource = files("adapt").joinpath("conf", "model", f"{name}.yaml")
-    if not resource.is_file():
+    if name not in model_names():  # a name, never a path (it may come from an export's metadata)
         raise ValueError(f"unknown model config {name!r}; known: {model_names()}")
+    resource = files("adapt").joinpath("conf", "model", f"{name}.yaml")
     return yaml.safe_load(resource.read_text())

@@ -29,6 +29,21 @@ def legacy_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return box_iou(boxes1 + shift, boxes2 + shift)
 
 
+def closest_per_level(distances: Tensor, level_sizes: Sequence[int], topk: int) -> Tensor:
+    """ATSS candidates: per level, the ``topk`` anchors closest to each GT centre.
+
+    ``distances`` [A, G] over the levels' anchors concatenated; returns anchor indices [K, G],
+    K = sum_l min(topk, A_l) (official: a level with fewer anchors contributes all of them).
+    """
+    candidates, start = [], 0
+    for size in level_sizes:
+        k = min(topk, size)
+        _, idx = distances[start : start + size].topk(k, dim=0, largest=False)  # [k, G]
+        candidates.append(idx + start)
+        start += size
+    return torch.cat(candidates, dim=0)
+
+
 def atss_assign(
     anchors_per_level: Sequence[Tensor], gt_boxes: Tensor, topk: int = 9
 ) -> tuple[Tensor, Tensor]:
@@ -64,16 +79,7 @@ def atss_assign(
     # Official form (not cdist) so that rounding, and hence ties at the top-k cut, are identical.
     distances = (anchor_centres[:, None, :] - gt_centres[None, :, :]).pow(2).sum(-1).sqrt()  # [A, G]
 
-    candidates = []
-    start = 0
-    for level_anchors in anchors_per_level:
-        end = start + level_anchors.shape[0]
-        k = min(topk, end - start)  # official: a level with fewer anchors contributes all of them
-        _, idx = distances[start:end].topk(k, dim=0, largest=False)  # [k, G]
-        candidates.append(idx + start)
-        start = end
-    candidates = torch.cat(candidates, dim=0)  # [K, G], K = sum_l min(topk, A_l)
-
+    candidates = closest_per_level(distances, [a.shape[0] for a in anchors_per_level], topk)  # [K, G]
     gt_index = torch.arange(num_gt, device=anchors.device).expand_as(candidates)  # [K, G]
     candidate_ious = ious[candidates, gt_index]  # [K, G]
     threshold = candidate_ious.mean(0) + candidate_ious.std(0)  # unbiased std, as torch.std

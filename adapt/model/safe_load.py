@@ -10,6 +10,8 @@ named for what it is, with the command that fetches a good copy, instead of torc
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -45,6 +47,47 @@ def safe_numpy_globals() -> list[object]:
         (scalar, "numpy.core.multiarray.scalar"),
         (scalar, "numpy._core.multiarray.scalar"),
     ]
+
+
+# What ``--allow-global`` may add for a file the user trusts: numpy's *data* types, whose unpickling
+# only rebuilds arrays, dtypes and scalars from bytes. Anything else a pickle names is a function it
+# would call on load (``builtins.exec``, ``os.system``, ``getattr``, ``subprocess.Popen``): never
+# allowed, whatever the user asks.
+DATA_GLOBALS = (
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+)
+_DTYPE_CLASS = re.compile(r"^numpy\.dtypes\.[A-Za-z0-9]+DType$")
+
+
+def is_data_global(name: str) -> bool:
+    """Whether a pickled global ``name`` only rebuilds data (an array, a dtype, a scalar)."""
+    return name in DATA_GLOBALS or bool(_DTYPE_CLASS.match(name))
+
+
+def data_global(name: str) -> tuple[object, str]:
+    """The object behind a data global ``name``, for torch's allowlist; anything else is refused.
+
+    The name is checked before anything is imported, so ``--allow-global some_module.x`` cannot
+    import ``some_module``.
+    """
+    if not is_data_global(name):
+        raise CheckpointError(
+            f"--allow-global {name}: not a data type; adapt only allows numpy arrays, dtypes and "
+            f"scalars ({', '.join(DATA_GLOBALS)}, numpy.dtypes.*DType), never a function a pickle "
+            "would call"
+        )
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr), name
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"--allow-global {name}: no such global in this numpy") from None
 
 
 def _allowed_global_names() -> set[str]:
@@ -98,14 +141,19 @@ def refetch_hint(path: str | Path) -> str:
 
 
 def _convert_command(path: Path, unsafe: list[str]) -> str:
+    """The one-time conversion, every argument quoted for the shell (``shlex.quote``)."""
     from adapt.model.config import model_config, model_names
 
     model = next(
         (m for m in model_names() if (model_config(m).get("checkpoint") or {}).get("file") == path.name),
         "<model>",
     )
-    allow = " ".join(f"--allow-global {g}" for g in unsafe)
-    return f"python -m adapt.convert '{path}' '{path.with_suffix('.safetensors')}' --model {model} {allow}"
+    target = path.with_suffix(".safetensors")
+    allow = " ".join(f"--allow-global {shlex.quote(g)}" for g in unsafe)
+    return (
+        f"python -m adapt.convert {shlex.quote(str(path))} {shlex.quote(str(target))} "
+        f"--model {shlex.quote(model)} {allow}"
+    )
 
 
 def torch_load_safely(path: str | Path, extra_globals: list[object] = ()) -> object:  # type: ignore[assignment]
@@ -141,6 +189,13 @@ def torch_load_safely(path: str | Path, extra_globals: list[object] = ()) -> obj
         if not unsafe:
             raise CheckpointError(
                 f"cannot read checkpoint {path}: its pickle is damaged; {refetch_hint(path)}"
+            ) from None
+        calls = [g for g in unsafe if not is_data_global(g)]
+        if calls:
+            raise CheckpointError(
+                f"checkpoint {path} is refused: its pickle would call {', '.join(calls)} when loaded, "
+                "which a checkpoint never needs (it may run code); get the weights from a source you "
+                f"trust ({refetch_hint(path)})"
             ) from None
         raise CheckpointError(
             f"checkpoint {path} holds {', '.join(unsafe)}, which adapt does not unpickle (only tensors, "

@@ -8,7 +8,7 @@ What it writes (into SWEEP_DIR/report unless --out says otherwise):
   jobs.csv    every planned or found job with its status, folder, launcher job id and error;
   plots/      AP against shots per mode, ours solid, the paper's dashed.
 
-The planned jobs come from the sweep manifest adapt's sweeper writes (`adapt.manifest`), so a job
+The planned jobs come from the sweep manifest adapt's sweeper writes (`adapt.runs.manifest`), so a job
 that never started is reported as missing rather than silently absent from an average; results come
 from each job's results.json. An average over ODinW-13 is only given when all 13 datasets have a
 value; otherwise the report names the missing ones.

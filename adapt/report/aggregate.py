@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapt.report.jobs import COMPLETE, Job, collect_jobs, task_sort_key
+from adapt.grid import Shots, mode_sort_key, shots_sort_key
+from adapt.report.jobs import COMPLETE, Job, collect_jobs, is_grounding, task_sort_key
 from adapt.report.paper import ODINW13_KEYS, PaperReference, load_paper
-from adapt.sweep import Shots, mode_sort_key, shots_sort_key
 
 CellKey = tuple[str, str, Shots]  # task, mode, shots
 
@@ -143,7 +143,7 @@ def _mode_label(mode: str, jobs: Sequence[Job]) -> str:
     for j in jobs:
         if j.point.mode == mode and j.results and j.results.get("mode_label"):
             return str(j.results["mode_label"])
-    from adapt.train.modes import mode_label
+    from adapt.modes import mode_label
 
     return mode_label(mode)
 
@@ -188,7 +188,8 @@ def build_report(
     jobs, warnings = collect_jobs(sweep_dir)
     by_model: Mapping[str, list[Job]] = defaultdict(list)
     for job in jobs:
-        by_model[job.point.model].append(job)
+        if not is_grounding(job.results or {}):  # grounding runs have their own table (report.grounding)
+            by_model[job.point.model].append(job)
     models = [
         model_report(m, by_model[m], _paper_model(by_model[m], paper_model, warnings), ddof)
         for m in sorted(by_model)

@@ -1,6 +1,6 @@
 """The jobs of a sweep folder: what its manifest planned, matched with the results.json files.
 
-The sweep manifest (`adapt.manifest`) lists every grid point with its folder and the sweeper's
+The sweep manifest (`adapt.runs.manifest`) lists every grid point with its folder and the sweeper's
 decision; each job's results.json says how far it got. A planned job without a readable
 results.json is "missing" (never started, or died before its first write); a results.json outside
 any manifest (single runs gathered in one folder) is a job too, placed by its own fields.
@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from adapt.manifest import LAUNCHED, ManifestError, ManifestJob, find_manifests, read_manifest
-from adapt.record import RESULTS_FILE, read_results
+from adapt.grid import GridPoint, mode_sort_key, shots_sort_key
 from adapt.report.paper import ODINW13_KEYS
-from adapt.sweep import GridPoint, grid_point, mode_sort_key, shots_sort_key
+from adapt.runs.manifest import LAUNCHED, ManifestError, ManifestJob, find_manifests, read_manifest
+from adapt.runs.record import RESULTS_FILE, read_results
 
 # Statuses of a job, in the order the report lists them.
 COMPLETE, FAILED, RUNNING, MISSING = "complete", "failed", "running", "missing"
@@ -75,13 +73,22 @@ def _point_of(data: Mapping[str, Any]) -> GridPoint | None:
         return GridPoint.from_fields(data)
     except (KeyError, TypeError, ValueError):
         pass
-    config = data.get("config")
-    if isinstance(config, Mapping):
-        try:
-            return grid_point(OmegaConf.create(dict(config)), {})
-        except (KeyError, ValueError):
-            return None
-    return None
+    # Plain JSON: the config block is read as data, never through OmegaConf (no interpolation, so a
+    # received file's "${oc.env:...}" stays the string it is).
+    shots = _config_value(data, "shots.k") or _config_value(data, "shots")
+    fields = {
+        "task": _config_value(data, "task.id") or _config_value(data, "task.name"),
+        "model": _config_value(data, "model.name"),
+        "mode": _config_value(data, "mode.name"),
+        "shots": shots,
+        "seed": _config_value(data, "seed"),
+    }
+    if any(v is None for v in fields.values()):
+        return None
+    try:
+        return GridPoint.from_fields(fields)
+    except (TypeError, ValueError):
+        return None
 
 
 def _test_ap(data: Mapping[str, Any]) -> float | None:
@@ -91,6 +98,11 @@ def _test_ap(data: Mapping[str, Any]) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def is_grounding(data: Mapping[str, Any]) -> bool:
+    """Whether a results.json is a phrase-grounding run's (recalls in `test`, no AP; report.grounding)."""
+    return data.get("task_type") == "grounding" or _config_value(data, "task.type") == "grounding"
 
 
 def started_note(data: Mapping[str, Any]) -> str | None:
@@ -111,7 +123,7 @@ def _job_from_results(data: dict[str, Any], run_dir: Path, planned: ManifestJob 
     status = status if status in (COMPLETE, FAILED, RUNNING) else RUNNING
     ap = _test_ap(data)
     error = str(data["error"]) if data.get("error") else None
-    if status == COMPLETE and ap is None:
+    if status == COMPLETE and ap is None and not is_grounding(data):  # grounding: recalls, no AP
         status, error = FAILED, "status complete but no test.ap"
     return Job(
         point=point,

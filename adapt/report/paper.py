@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapt.sweep import Shots, normalize_shots
+from adapt.grid import Shots, normalize_shots
 
 # The 13 datasets in the paper's column order (glip_spec.md 5.3): the suite the average is over.
 ODINW13_KEYS: tuple[str, ...] = (

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from adapt.grid import ZERO_MODE, Shots
 from adapt.report.aggregate import ModelReport
 from adapt.report.paper import PaperReference
 from adapt.report.render import paper_mode
-from adapt.sweep import ZERO_MODE, Shots
 
 
 def _plot_series(
@@ -36,55 +36,62 @@ def plot_report(mr: ModelReport, paper: PaperReference, out_dir: Path, ddof: int
     import matplotlib
 
     matplotlib.use("Agg")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in mr.model)
+    return [
+        _plot_average(mr, paper, out_dir / f"{safe}_average.png"),
+        _plot_per_dataset(mr, paper, out_dir / f"{safe}_per_dataset.png", ddof),
+    ]
+
+
+Series = Callable[[str, Shots], "tuple[float | None, float | None] | None"]
+
+
+def _modes(mr: ModelReport) -> list[str]:
+    return [m for m in mr.modes if m != ZERO_MODE] or [ZERO_MODE]
+
+
+def _draw(ax: Any, mr: ModelReport, ours: Series, ref: Series, title: str) -> None:
+    """One panel: each mode's measured curve (error bars) and, dashed, the paper's."""
+    modes = _modes(mr)
+    for i, mode in enumerate(modes):
+        color = f"C{i}"
+        pos, ys, errs = _plot_series(mr, mode, mr.shots, ours)
+        if pos:
+            ax.errorbar(pos, ys, yerr=errs, color=color, marker="o", ms=4, capsize=2, label=mode)
+        if mr.paper_model:
+            pos, ys, _ = _plot_series(mr, mode, mr.shots, ref)
+            if pos:
+                ax.plot(pos, ys, color=color, ls="--", marker="x", ms=4, alpha=0.8, label=f"{mode} (paper)")
+    ax.set_xticks(range(len(mr.shots)), [str(s) for s in mr.shots])
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _plot_average(mr: ModelReport, paper: PaperReference, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    xs = mr.shots
-    modes = [m for m in mr.modes if m != ZERO_MODE] or [ZERO_MODE]
-    colors = {m: f"C{i}" for i, m in enumerate(modes)}
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in mr.model)
-    written = []
-
-    def draw(ax: Any, ours: Any, ref: Any, title: str) -> None:
-        for mode in modes:
-            pos, ys, errs = _plot_series(mr, mode, xs, ours)
-            if pos:
-                ax.errorbar(pos, ys, yerr=errs, color=colors[mode], marker="o", ms=4, capsize=2, label=mode)
-            if mr.paper_model:
-                pos, ys, _ = _plot_series(mr, mode, xs, ref)
-                if pos:
-                    ax.plot(
-                        pos,
-                        ys,
-                        color=colors[mode],
-                        ls="--",
-                        marker="x",
-                        ms=4,
-                        alpha=0.8,
-                        label=f"{mode} (paper)",
-                    )
-        ax.set_xticks(range(len(xs)), [str(s) for s in xs])
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-
-    def avg_value(mode: str, s: Shots) -> tuple[float | None, float | None] | None:
+    def ours(mode: str, s: Shots) -> tuple[float | None, float | None] | None:
         avg = mr.averages.get((mode, str(s)))
         return (avg.mean, avg.std) if avg else None
 
-    def avg_ref(mode: str, s: Shots) -> tuple[float, float | None] | None:
+    def ref(mode: str, s: Shots) -> tuple[float, float | None] | None:
         return paper.headline(mr.paper_model, mode, s)
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    draw(ax, avg_value, avg_ref, f"{mr.model}: {mr.suite} average AP")
+    _draw(ax, mr, ours, ref, f"{mr.model}: {mr.suite} average AP")
     ax.set_xlabel("shots per category")
     ax.set_ylabel("AP")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out_dir / f"{safe}_average.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    written.append(path)
+    return path
+
+
+def _plot_per_dataset(mr: ModelReport, paper: PaperReference, path: Path, ddof: int) -> Path:
+    import matplotlib.pyplot as plt
 
     ncols = min(4, len(mr.tasks))
     nrows = math.ceil(len(mr.tasks) / ncols)
@@ -99,7 +106,7 @@ def plot_report(mr: ModelReport, paper: PaperReference, out_dir: Path, ddof: int
             value = paper.dataset(mr.paper_model, mode, s, mr.paper_key(task))
             return None if value is None else (value, None)
 
-        draw(ax, ours, ref, mr.label(task))
+        _draw(ax, mr, ours, ref, mr.label(task))
     for ax in list(axes.flat)[len(mr.tasks) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -107,8 +114,6 @@ def plot_report(mr: ModelReport, paper: PaperReference, out_dir: Path, ddof: int
         fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
     fig.suptitle(f"{mr.model}: AP against shots per dataset", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    path = out_dir / f"{safe}_per_dataset.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path

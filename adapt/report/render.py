@@ -8,11 +8,12 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
+from adapt.grid import ZERO_MODE, Shots, shots_sort_key
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
+from adapt.report.grounding import grounding_lines
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
 from adapt.report.timing import time_table
-from adapt.sweep import ZERO_MODE, Shots, shots_sort_key
 
 _MAX_LISTED = 200
 
@@ -200,6 +201,7 @@ def render_markdown(
     lines = _header(report)
     for mr in report.models:
         lines += _model_section(mr, report, plots or {}, out_dir)
+    lines += grounding_lines(report.jobs)
     lines += _job_sections(report)
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {md_escape(w)}" for w in report.warnings]

@@ -7,10 +7,10 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from adapt.grid import mode_sort_key, shots_sort_key
 from adapt.report.aggregate import ModelReport, Report
 from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, task_sort_key
 from adapt.report.render import last_line, rel
-from adapt.sweep import mode_sort_key, shots_sort_key
 
 REPORT_COLUMNS = (
     "model",

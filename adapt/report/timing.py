@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from adapt.markdown import md_table
 from adapt.report.aggregate import ModelReport
 from adapt.report.jobs import COMPLETE, Job
-from adapt.sweep import shots_sort_key
+from adapt.grid import shots_sort_key
 
 
 def _seconds(job: Job, key: str) -> float | None:

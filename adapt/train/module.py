@@ -23,11 +23,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from adapt.model import GLIP, TextFeatures
+from adapt.modes import ModePolicy
 from adapt.prompt import EncodedPrompt
 from adapt.train.checkpointing import resolve_fusion_checkpointing
 from adapt.train.datamodule import interleave
 from adapt.train.feature_cache import FeatureCache, view_keys
-from adapt.train.modes import ModePolicy
 
 # Official MAX_NEG_PER_BATCH: a batch is skipped when more than this fraction of images has no box.
 MAX_EMPTY_FRACTION = 0.1

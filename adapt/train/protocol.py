@@ -10,6 +10,10 @@ After every evaluation (one per pass over the copied training set) the official 
   the earlier best);
 * stops training when the counter reaches ``AUTO_TERMINATE_PATIENCE``.
 
+The value is the evaluation's ``ap`` (COCO AP, detection) unless ``metric`` names another key of the
+result (a grounding task's ``any_box.R@1``, `adapt.train.grounding`); the history records it
+under that key.
+
 The best weights are written as the trainable tensors only (prompt offset, linear head, adapters;
 everything for full fine-tuning), atomically. The callback's state goes into Lightning's resume
 checkpoint, so an interrupted run continues with the same best, counter and history.
@@ -18,7 +22,7 @@ checkpoint, so an interrupted run continues with the same best, counter and hist
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +43,10 @@ class FewShotProtocol(L.Callback):
         stop_patience: int,
         schedule: Callable[[torch.optim.Optimizer], Any] | None = None,
         on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None,
+        metric: str = "ap",
     ) -> None:
         self.best_path = Path(best_path)
+        self.metric = metric
         self.stop_patience = stop_patience
         self.on_evaluation = on_evaluation
         self.history: list[dict[str, Any]] = []
@@ -71,11 +77,11 @@ class FewShotProtocol(L.Callback):
         pl_module.last_eval = None
         if trainer.state.fn not in ("fit", "validate"):
             return
-        ap = float(result.get("ap") or 0.0)
+        ap = float(metric_value(result, self.metric) or 0.0)
         step, epoch = int(pl_module.global_step), int(result.get("epoch", pl_module.current_epoch))
         if self.history and self.history[-1]["step"] == step:
             return  # already evaluated at this step (a final validate right after the last period)
-        self.history.append({"step": step, "epoch": epoch, "ap": ap, "lr": _lr(trainer)})
+        self.history.append({"step": step, "epoch": epoch, self.metric: ap, "lr": _lr(trainer)})
         if self.plateau is not None and ap != 0.0:
             self.plateau.step(ap)  # official: skipped when the AP is exactly 0
         if ap < self.best_ap:
@@ -111,6 +117,19 @@ class FewShotProtocol(L.Callback):
         self.best_epoch = state_dict["best_epoch"]
         self.worse = int(state_dict["worse"])
         self._plateau_state = state_dict.get("plateau")
+
+
+def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
+    """The value of a dotted key (``ap``, ``any_box.R@1``) in an evaluation result, or None."""
+    node: Any = metrics
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if node is None or isinstance(node, bool | str | Mapping):
+        return None
+    try:
+        return float(node)  # a Python or numpy number
+    except (TypeError, ValueError):
+        return None
 
 
 def _lr(trainer: L.Trainer) -> float | None:

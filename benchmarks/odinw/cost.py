@@ -37,9 +37,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from adapt.atomic import write_json
-from adapt.sweep import ZERO_MODE, mode_sort_key
-from adapt.train.modes import mode_names, policy_class
-from adapt.train.results import machine_info
+from adapt.config import compose_config, group_options
+from adapt.grid import ZERO_MODE, mode_sort_key
+from adapt.modes import build_policy
+from adapt.runs.results import machine_info
 from benchmarks.odinw.estimate import estimates_for, read_sweep, t_job_from_sweep
 from benchmarks.odinw.measure import (
     OFFICIAL_TEST_HW,
@@ -63,9 +64,14 @@ from benchmarks.odinw.render import render_markdown
 # The paper's three training modes are measured by default; any configured mode whose policy
 # trains can be named (conf/mode/, so a new mode needs no edit here).
 TRAIN_MODES = ("prompt", "linear", "full")
-MEASURABLE_MODES = tuple(
-    sorted((m for m in mode_names() if policy_class({"name": m}).trains), key=mode_sort_key)
-)
+
+
+def measurable_modes() -> tuple[str, ...]:
+    """The configured modes whose policy trains, each composed as the job composes it."""
+    trains = [m for m in group_options("mode") if build_policy(compose_config([f"mode={m}"]).mode).trains]
+    return tuple(sorted(trains, key=mode_sort_key))
+
+
 # Example peak for --peak-tflops: NVIDIA's datasheet figure for H100 SXM, dense FP16/BF16 tensor
 # cores (no sparsity). A datasheet number, not a measurement.
 H100_SXM_DENSE_TFLOPS = 989.0
@@ -119,7 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
-    parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=MEASURABLE_MODES)
+    parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=measurable_modes())
     parser.add_argument(
         "--batch", type=int, default=int(data["batch_size"]), help="training batch (conf/data default)"
     )

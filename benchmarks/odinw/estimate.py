@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapt.sweep import ZERO_MODE, Shots, shots_sort_key
+from adapt.grid import ZERO_MODE, Shots, shots_sort_key
 from benchmarks.odinw.protocol import ShotsRecipe, TaskSize, sweep_cost, sweep_work, totals, wall_clock
 
 

@@ -1,7 +1,7 @@
 """Measuring one model: t_step per training mode, t_img, and FLOPs per step and per image.
 
 Everything runs the job's own code on ``Setup.device``: the Lightning ``Trainer`` of
-``adapt.train.job.build_trainer`` on ``conf/trainer/default.yaml``, ``GLIPAdaptation`` with the
+``adapt.runs.job.build_trainer`` on ``conf/trainer/default.yaml``, ``GLIPAdaptation`` with the
 mode's policy and optimiser, adapt's transforms and collate, on synthetic images with random,
 seeded weights (speed does not depend on them). FLOPs are counted by ``adapt.flops.count_flops``
 on the same real step; counting GLIP-L at full size therefore needs the memory of one step on the
@@ -23,11 +23,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 
 from adapt.flops import FlopCount, count_flops
-from adapt.sweep import ZERO_MODE
-from benchmarks.odinw.protocol import CONF, timed_scale_weights, weighted
+from adapt.grid import ZERO_MODE
+from benchmarks.odinw.protocol import timed_scale_weights, weighted
 
 OFFICIAL_TEST_HW = (800, 1333)
 # Synthetic targets: boxes per training image (the loss cost hardly depends on it).
@@ -136,13 +135,14 @@ def quiet_lightning() -> None:
 
 
 def _trainer(setup: Setup, callbacks: list[L.Callback], root: Path) -> L.Trainer:
-    """The job's Trainer (``adapt.train.job.build_trainer`` on ``conf/trainer/default.yaml``)."""
+    """The job's Trainer (``adapt.runs.job.build_trainer`` on ``conf/trainer/default.yaml``)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from omegaconf import OmegaConf
 
-    from adapt.train.job import build_trainer
+    from adapt.config import compose_config
+    from adapt.runs.job import build_trainer
 
-    t = OmegaConf.load(CONF / "trainer" / "default.yaml")
+    t = compose_config(["trainer=default", "callbacks=none"]).trainer
     t.accelerator = "gpu" if setup.device.startswith("cuda") else "cpu"
     t.enable_progress_bar = False
     t.max_epochs = 1
@@ -153,17 +153,26 @@ def _trainer(setup: Setup, callbacks: list[L.Callback], root: Path) -> L.Trainer
 
 
 def trainer_precision(device: str) -> str:
-    from adapt.train.job import resolve_precision
+    from adapt.runs.precision import resolve_precision
 
     return resolve_precision({"accelerator": "gpu" if device.startswith("cuda") else "cpu"})
 
 
 def data_defaults() -> dict[str, Any]:
-    return yaml.safe_load((CONF / "data" / "default.yaml").read_text(encoding="utf-8"))
+    """conf/data/default.yaml's batch sizes and workers, as the job composes them."""
+    from omegaconf import OmegaConf
+
+    from adapt.config import compose_config
+
+    data = compose_config(["shots=5"]).data
+    return {k: OmegaConf.select(data, k) for k in ("batch_size", "eval_batch_size", "num_workers")}
 
 
-def _mode_cfg(mode: str) -> dict[str, Any]:
-    return yaml.safe_load((CONF / "mode" / f"{mode}.yaml").read_text(encoding="utf-8"))
+def _mode_cfg(mode: str) -> Any:
+    """``conf/mode/<mode>.yaml`` composed as the job composes it (``defaults:`` lists included)."""
+    from adapt.config import compose_config
+
+    return compose_config([f"mode={mode}", "shots=5"]).mode
 
 
 def build_module(
@@ -175,19 +184,20 @@ def build_module(
     counts and times do not depend on the free memory ``auto`` would look at).
     """
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from adapt.data import build_task
     from adapt.model import GLIPConfig, build_glip
     from adapt.model.config import model_config
     from adapt.model.fusion import VLFuse
-    from adapt.train.job import task_prompt
-    from adapt.train.modes import build_policy
+    from adapt.modes import build_policy
+    from adapt.runs.job import task_prompt
     from adapt.train.module import GLIPAdaptation
 
     cfg = GLIPConfig.from_dict(model_config(model_name)["arch"])
     model = build_glip(cfg)
-    prompt = task_prompt(build_task(OmegaConf.load(CONF / "task" / f"{task}.yaml")), model)
+    from adapt.config import compose_config
+
+    prompt = task_prompt(build_task(compose_config([f"task={task}"]).task), model)
     for fuse in model.modules():
         if isinstance(fuse, VLFuse):
             fuse.checkpoint_policy = fuse.use_checkpoint = use_checkpoint

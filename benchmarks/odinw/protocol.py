@@ -1,7 +1,7 @@
 """Protocol arithmetic: dataset sizes, shots recipes and the sweep's runs, turned into steps and images.
 
 Plain numbers in, plain numbers out; nothing is measured here. The grid of runs comes from the
-sweep yaml expanded as adapt's sweeper expands it (`adapt.sweep.planned_points`), and the steps per
+sweep yaml expanded as adapt's sweeper expands it (`adapt.runs.sweep.planned_points`), and the steps per
 evaluation period from the formula the training job runs by
 (`adapt.train.datamodule.steps_per_period`).
 """
@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from adapt.sweep import ZERO_MODE, GridPoint, Shots, normalize_shots, planned_points, shots_sort_key
+from adapt.grid import ZERO_MODE, GridPoint, Shots, normalize_shots, shots_sort_key
+from adapt.runs.sweep import planned_points
 from adapt.train.datamodule import steps_per_period
 
 HERE = Path(__file__).resolve().parent
@@ -74,9 +74,14 @@ class ShotsRecipe:
         return self.epochs
 
 
-def load_shots_recipes(conf: str | Path = CONF) -> dict[Shots, ShotsRecipe]:
+def load_shots_recipes() -> dict[Shots, ShotsRecipe]:
+    """The recipe's per-shots rows, from the config as the job composes it."""
+    from omegaconf import OmegaConf
+
+    from adapt.config import compose_config
+
     recipes: dict[Shots, ShotsRecipe] = {}
-    table = yaml.safe_load((Path(conf) / "recipe" / "official.yaml").read_text(encoding="utf-8"))["by_shots"]
+    table: Any = OmegaConf.to_container(compose_config().recipe.by_shots)
     for key, data in table.items():
         shots = normalize_shots(key)
         recipes[shots] = ShotsRecipe(

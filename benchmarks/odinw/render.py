@@ -11,8 +11,8 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
+from adapt.grid import ALL_SHOTS, Shots, mode_sort_key, normalize_shots
 from adapt.markdown import md_table
-from adapt.sweep import ALL_SHOTS, Shots, mode_sort_key, normalize_shots
 
 
 def num(value: float | None, digits: int = 3) -> str:

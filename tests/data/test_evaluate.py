@@ -13,7 +13,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from adapt.data.transforms import build_transforms
-from adapt.evaluate import detections_to_coco, evaluate, main
+from adapt.evaluate import main
+from adapt.metrics.coco import detections_to_coco, evaluate
 from tests.data.conftest import write_coco
 
 

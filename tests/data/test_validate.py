@@ -97,7 +97,7 @@ def _test_image(root: Path) -> Path:
 
 @pytest.mark.parametrize("broken", ["test_json", "test_image"])
 def test_a_job_stops_before_its_first_step_on_a_broken_test_split(tmp_path, broken):
-    from adapt.train.job import run_job
+    from adapt.runs.job import run_job
     from tests.train.train_helpers import compose_job
 
     root = _demo_copy(tmp_path)

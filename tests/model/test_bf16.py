@@ -17,11 +17,13 @@ from torchvision.ops import box_iou
 from adapt.model import GLIP
 from tests.model.test_forward_oracle import switch_off_randomness, train_targets
 
-LOGIT_ATOL = 0.05  # observed 0.010 (|logits| <= 1.3)
-BBOX_REG_ATOL = 0.02  # observed 0.0038 (|bbox_reg| <= 0.18)
-MIN_TOP100_OVERLAP = 50  # observed 97 / 100; the random model's scores lie within 0.39..0.42
-LOSS_RTOL = 1e-2  # observed 2.6e-4 (loss_dot_product_token)
-MIN_GRAD_COSINE = 0.99  # observed 0.99990 (prompt-offset gradient)
+# Observed on two machines (torch 2.14 CPU): an AMD EPYC without a bf16 unit, and the machine of
+# the first measurement; each bound is about three times the larger observation.
+LOGIT_ATOL = 0.03  # observed 0.0095 / 0.010 (|logits| <= 1.3)
+BBOX_REG_ATOL = 0.012  # observed 0.0033 / 0.0038 (|bbox_reg| <= 0.18)
+MIN_TOP100_OVERLAP = 90  # observed 99 / 97 of 100; the random model's scores lie within 0.39..0.42
+LOSS_RTOL = 1e-3  # observed 5.9e-5 / 2.6e-4 (loss_dot_product_token)
+MIN_GRAD_COSINE = 0.9995  # observed 0.999902 / 0.99990 (prompt-offset gradient; 1 - cos x 5)
 
 
 def autocast(enabled: bool) -> torch.autocast:

@@ -168,19 +168,20 @@ def test_model_configs_and_seeded_mini():
 def _export(tmp_path: Path, checkpoint: Path | None) -> Path:
     """A prompt export (zero offset) of the mini model at test size 64/128, trained on `checkpoint`
     (None: glip_mini's seeded random init)."""
+    from adapt.export import checkpoint_identity, model_identity
     from adapt.model import GLIPConfig, build_glip, load_checkpoint
+    from adapt.modes import build_policy, export_run
     from adapt.prompt import encode_prompt, load_tokenizer
-    from adapt.train.export import checkpoint_identity, export_run, model_identity
-    from adapt.train.modes import build_policy
 
     model = build_glip(GLIPConfig.from_dict(small_arch()))
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    trainable = build_policy({"name": "prompt"}).apply(model)
+    policy = build_policy({"name": "prompt"})
+    trainable = policy.apply(model)
     state = {n: p.detach() for n, p in model.named_parameters() if n in trainable}
     prompt = encode_prompt(CLASSES, load_tokenizer())
     identity = model_identity(model, "glip_mini", checkpoint_identity(checkpoint))
-    return export_run(tmp_path / "export", model, "prompt", state, prompt, identity)
+    return export_run(tmp_path / "export", model, policy, state, prompt, identity)
 
 
 def test_from_export_uses_the_recorded_weights_sizes_and_settings(detector: Detector, tmp_path: Path):
@@ -193,7 +194,8 @@ def test_from_export_uses_the_recorded_weights_sizes_and_settings(detector: Dete
 
 
 def test_from_export_refuses_other_base_weights_naming_the_expected_hash(detector: Detector, tmp_path: Path):
-    from adapt.train.export import ExportError, file_sha256
+    from adapt.digest import file_sha256
+    from adapt.export import ExportError
 
     out = _export(tmp_path, FIXTURE / "mini_glip.pth")
     want = file_sha256(FIXTURE / "mini_glip.pth")
@@ -211,7 +213,7 @@ def test_from_export_refuses_other_base_weights_naming_the_expected_hash(detecto
 
 
 def test_an_export_of_the_random_init_is_rebuilt_from_its_seed_and_refuses_a_checkpoint(tmp_path: Path):
-    from adapt.train.export import ExportError
+    from adapt.export import ExportError
 
     out = _export(tmp_path, None)
     tuned = Detector.from_export(out)

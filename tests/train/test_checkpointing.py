@@ -9,9 +9,9 @@ from train_helpers import FIXTURE, mini_arch, mini_model, oracle_train_batch
 from adapt.model import GLIPConfig
 from adapt.model.fusion import VLFuse
 from adapt.model.preprocess import batch_images
+from adapt.modes import build_policy
 from adapt.prompt import encode_prompt, load_tokenizer
 from adapt.train import checkpointing
-from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation
 
 

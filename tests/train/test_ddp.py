@@ -29,9 +29,9 @@ import torch.multiprocessing as mp
 from train_helpers import compose_job
 
 from adapt.data import build_task
+from adapt.modes import build_policy
+from adapt.runs.job import build_model, task_prompt
 from adapt.train.datamodule import DistributedEpochSampler, EpochSampler, TaskDataModule
-from adapt.train.job import build_model, task_prompt
-from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation, gather_predictions
 
 WORLD = 2
@@ -161,7 +161,7 @@ def test_ddp_validation_gathers_each_image_once_and_gives_the_single_process_ap(
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
     # The AP itself, through the job's evaluator (pycocotools), from both lists.
-    from adapt.evaluate import detections_to_coco, evaluate
+    from adapt.metrics.coco import detections_to_coco, evaluate
 
     task, coco = dm.task, dm.split("val").coco
 

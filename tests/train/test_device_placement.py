@@ -24,9 +24,9 @@ from train_helpers import compose_job
 
 import adapt
 from adapt.data import build_task
+from adapt.modes import build_policy
+from adapt.runs.job import build_model, task_prompt
 from adapt.train.datamodule import TaskDataModule
-from adapt.train.job import build_model, task_prompt
-from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation
 
 PACKAGE = Path(adapt.__file__).parent

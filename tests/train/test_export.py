@@ -11,25 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from train_helpers import FIXTURE, mini_model
+from train_helpers import FIXTURE, LORA_TARGETS, apply_export, mini_model, mode_cfg
 
 from adapt.detector import Detector
-from adapt.model import batch_images
-from adapt.prompt import encode_prompt, load_tokenizer
-from adapt.train.export import (
+from adapt.export import (
     ADAPT_FILE,
     CONFIG_FILE,
     PEFT_PREFIX,
     TENSORS_FILE,
     ExportError,
     checkpoint_identity,
-    export_run,
     load_export,
     model_identity,
 )
-from adapt.train.modes import build_policy
+from adapt.model import batch_images
+from adapt.modes import InferenceText, build_policy, export_run, policy_for_export
+from adapt.prompt import encode_prompt, load_tokenizer
 
-LORA = {"r": 2, "alpha": 4, "target_modules": r".*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)"}
 CHECKPOINT = FIXTURE / "mini_glip.pth"
 
 
@@ -44,7 +42,7 @@ def _trained(mode: str, seed: int = 7):
     model.cfg.input.min_size_test, model.cfg.input.max_size_test = 96, 128
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # peft draws lora_A from the global generator
-        trainable = build_policy({"name": mode, "lora": LORA}).apply(model)
+        trainable = build_policy(mode_cfg(mode)).apply(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -60,7 +58,7 @@ def make_export(out: Path, mode: str, classes: tuple[str, ...] = ("fish", "jelly
     model, state = _trained(mode)
     prompt = encode_prompt(list(classes), load_tokenizer())
     identity = model_identity(model, "glip_mini", checkpoint_identity(CHECKPOINT))
-    return export_run(out, model, mode, state, prompt, identity, task="demo")
+    return export_run(out, model, build_policy(mode_cfg(mode)), state, prompt, identity, task="demo")
 
 
 def test_prompt_export_detects_identically_with_the_language_backbone_removed(tmp_path):
@@ -96,8 +94,9 @@ def test_prompt_export_detects_identically_with_the_language_backbone_removed(tm
     fresh.language_backbone = None
     artifact = load_export(out)
     artifact.check_model(fresh)
+    text = policy_for_export(artifact.policy_name).inference_text(artifact)
     with torch.no_grad():
-        got = fresh(images, sizes, text=artifact.text_features(2), label_to_tokens=artifact.label_to_tokens)
+        got = fresh(images, sizes, text=text.batch(2), label_to_tokens=artifact.label_to_tokens)
     for e, g in zip(expected, got, strict=True):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(e[key], g[key]), key
@@ -113,7 +112,7 @@ def test_linear_and_lora_exports_hold_only_the_trained_tensors_and_reload(tmp_pa
         else:  # peft's names: prefixed, without the adapter name
             assert len(artifact.tensors) == len(state)
             assert all(k.startswith(PEFT_PREFIX) and ".default." not in k for k in artifact.tensors)
-        fresh = artifact.apply(mini_model(weights=True))
+        fresh = apply_export(artifact, mini_model(weights=True))
         params = dict(fresh.named_parameters())
         for name, value in state.items():
             assert torch.equal(params[name], value), name
@@ -130,7 +129,7 @@ def test_a_lora_export_is_peft_format_and_peft_loads_it_to_the_same_detections(t
     out = make_export(tmp_path / "lora", "lora")
     peft_config = json.loads((out / CONFIG_FILE).read_text())
     assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 2 and peft_config["lora_alpha"] == 4
-    assert peft_config["target_modules"] == LORA["target_modules"] and peft_config["inference_mode"] is True
+    assert peft_config["target_modules"] == LORA_TARGETS and peft_config["inference_mode"] is True
     assert json.loads((out / ADAPT_FILE).read_text())["class_names"] == ["fish", "jellyfish", "penguin"]
 
     g = torch.Generator().manual_seed(3)
@@ -143,7 +142,7 @@ def test_a_lora_export_is_peft_format_and_peft_loads_it_to_the_same_detections(t
     def detector(glip):
         glip.cfg.input.min_size_test, glip.cfg.input.max_size_test = 96, 128  # the export's sizes
         det = Detector(glip)
-        det.default_prompt = prompt  # the run's caption, as from_export uses it
+        det.export_text = InferenceText(prompt)  # the run's caption, as from_export uses it
         return det
 
     unadapted = detector(mini_model(weights=True)).predict(images)
@@ -222,4 +221,4 @@ def test_a_tensor_that_does_not_fit_the_model_is_named(tmp_path):
     save_file(tensors, out / TENSORS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ExportError, match=rf"tensor '{name}' has shape \[2, .*the model's parameter has"):
-        load_export(out).apply(mini_model(weights=True))
+        apply_export(load_export(out), mini_model(weights=True))

@@ -11,10 +11,10 @@ from train_helpers import mini_model
 
 from adapt.data.transforms import RandomHorizontalFlip, build_transforms
 from adapt.model.config import InputConfig
+from adapt.modes import build_policy
 from adapt.prompt import encode_prompt, load_tokenizer
 from adapt.train.datamodule import GLIPCollate
 from adapt.train.feature_cache import FeatureCache, view_keys
-from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation
 from adapt.train.optim import adamw
 
@@ -57,7 +57,7 @@ def _module(mode: str, cache_mb: float, cache_tower: bool = False, **mode_cfg: o
     # linear_cached is LinearProbe(cache_tower=True), selected by its YAML's policy node.
     mode_cfg = {"name": mode, **mode_cfg}
     if cache_tower:
-        mode_cfg["policy"] = {"_target_": "adapt.train.modes.LinearProbe", "cache_tower": True}
+        mode_cfg["policy"] = {"_target_": "adapt.modes.LinearProbe", "cache_tower": True}
     policy = build_policy(mode_cfg)
     module = GLIPAdaptation(model, policy, prompt, optimizer=OPTIMIZER, feature_cache_mb=cache_mb)
     module.train()
@@ -114,8 +114,13 @@ def test_full_fine_tuning_never_uses_the_cache():
 
 
 def test_lora_on_a_frozen_backbone_uses_the_cache():
-    lora = {"r": 2, "alpha": 4, "target_modules": r".*dyhead_tower\.\d+\.b_attn\.attn\.v_proj"}
-    module = _module("lora", 64, lora=lora)
+    config = {
+        "_target_": "peft.LoraConfig",
+        "r": 2,
+        "lora_alpha": 4,
+        "target_modules": r".*dyhead_tower\.\d+\.b_attn\.attn\.v_proj",
+    }
+    module = _module("lora", 64, policy={"_target_": "adapt.modes.LoRA", "config": config})
     module.training_step(_batches(module)[0], 0)
     assert module.backbone_cacheable() and len(module.feature_cache) == 2
 

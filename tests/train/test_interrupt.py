@@ -19,7 +19,9 @@ import torch
 from train_helpers import TINY_INPUT, compose_job
 
 from adapt.model import CheckpointError
-from adapt.train.job import Interrupted, _raise_on_sigterm, check_resume_file, run_job
+from adapt.runs.job import run_job
+from adapt.runs.resume import check_resume_file
+from adapt.runs.signals import Interrupted, sigterm_raises
 
 # A long run (no early stop) that only the signal ends; one-shot, two workers.
 LONG_RUN = [
@@ -94,14 +96,12 @@ def test_sigterm_while_workers_run_ends_interrupted_and_resumable(tmp_path):
 
 
 def test_sigterm_outside_lightnings_loops_raises_at_once():
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        with pytest.raises(Interrupted) as info:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler runs before this returns
-        assert info.value.code == 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    previous = signal.getsignal(signal.SIGTERM)
+    with sigterm_raises(), pytest.raises(Interrupted) as info:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs before this returns
+    assert info.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
 
 
 def _archive(path: Path) -> bytes:
@@ -152,8 +152,8 @@ def test_an_intact_last_ckpt_passes(tmp_path):
 
 
 def test_an_interruption_before_any_checkpoint_says_a_rerun_starts_afresh(tmp_path, caplog):
-    from adapt.train.job import _record_interruption
-    from adapt.train.results import RunClock, RunRecord
+    from adapt.runs.job import _record_interruption
+    from adapt.runs.results import RunClock, RunRecord
 
     record = RunRecord(tmp_path, compose_job("shots=1"))
     with caplog.at_level("WARNING"):

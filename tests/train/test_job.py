@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import compose_job
 
-from adapt.train.job import run_job
+from adapt.runs.job import run_job
 from adapt.train.module import GLIPAdaptation
 
-LORA_TARGETS = r"mode.lora.target_modules='.*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)'"
+LORA_TARGETS = r"mode.policy.config.target_modules='.*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)'"
 SCHEMA = {
     *("status", "task", "model", "checkpoint", "mode", "shots", "seed", "val_history", "best_step"),
     *("best_val_ap", "test", "params", "wall_time_s", "cpu_time_s", "peak_memory_mb", "config"),
@@ -69,7 +69,7 @@ def test_a_failed_job_is_recorded_and_its_wandb_run_closed(tmp_path):
 
 
 def test_resume_checkpoint_settings(tmp_path, caplog):
-    from adapt.train.job import resume_checkpoint
+    from adapt.runs.resume import resume_checkpoint
 
     last = tmp_path / "last.ckpt"
     assert resume_checkpoint(False, last) is None and resume_checkpoint(None, last) is None
@@ -82,7 +82,7 @@ def test_resume_checkpoint_settings(tmp_path, caplog):
     last.write_bytes(b"")
     assert resume_checkpoint(True, last) == resume_checkpoint("auto", last) == str(last)
     assert resume_checkpoint("false", last) is None
-    with pytest.raises(ValueError, match="resume must be false, true or auto, got 'sometimes'"):
+    with pytest.raises(ValueError, match="resume=sometimes is not one of false, true or auto"):
         resume_checkpoint("sometimes", last)
 
 
@@ -130,13 +130,13 @@ def test_bf16_on_a_cpu_without_a_bf16_unit_warns(monkeypatch: pytest.MonkeyPatch
     """bf16 is emulated (25x slower than fp32 for GLIP-T) on CPUs without AVX-512 BF16 / AMX."""
     import warnings
 
-    from adapt.train import job
+    from adapt.runs import precision
 
-    monkeypatch.setattr(job, "cpu_has_bf16_matmul", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_bf16_matmul", lambda: native)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert job.resolve_precision({"precision": "bf16-mixed", "accelerator": "cpu"}) == "bf16-mixed"
-        assert job.resolve_precision({"precision": "auto", "accelerator": "cpu"}) == "32-true"
+        assert precision.resolve_precision({"precision": "bf16-mixed", "accelerator": "cpu"}) == "bf16-mixed"
+        assert precision.resolve_precision({"precision": "auto", "accelerator": "cpu"}) == "32-true"
     assert [str(w.message).split(":")[0] for w in caught] == (
         [] if native else ["trainer.precision=bf16-mixed on a CPU without AVX-512 BF16 or AMX"]
     )

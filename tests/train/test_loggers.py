@@ -8,7 +8,7 @@ import json
 import pytest
 from train_helpers import compose_job
 
-from adapt.train.job import run_job
+from adapt.runs.job import run_job
 from adapt.train.loggers import CSVLogger
 from adapt.train.module import GLIPAdaptation
 

@@ -10,28 +10,29 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_helpers import compose_job, mini_model
+from train_helpers import compose_job, mini_model, mode_cfg
 
 import adapt
 from adapt.detector import Detector
-from adapt.evaluate import coco_xywh, evaluate
+from adapt.export import load_export
+from adapt.metrics.coco import coco_xywh, evaluate
 from adapt.model import GLIP
+from adapt.modes import FROZEN_TRUNK, ModePolicy, build_policy, policy_for_export, register_mode
 from adapt.report import build_report, render_markdown
-from adapt.train.export import load_export
-from adapt.train.job import TEST_DETECTIONS, run_job
-from adapt.train.modes import FROZEN_TRUNK, ModePolicy, build_policy, class_path
+from adapt.runs.job import TEST_DETECTIONS, run_job
 
 DEMO = Path(adapt.__file__).parent / "data" / "demo"
 
 
+@register_mode("headbias")
 class HeadBiasTuning(ModePolicy):
     """BitFit-style: only the head's biases train; backbone and BERT frozen in eval mode."""
 
     label = "head bias tuning"
     eval_modules = FROZEN_TRUNK
 
-    def __init__(self, name: str, skip: Sequence[str] = ()) -> None:
-        super().__init__(name)
+    def __init__(self, skip: Sequence[str] = ()) -> None:
+        super().__init__()
         self.skip = list(skip)  # from the YAML's policy node, like any _target_ argument
 
     def trains_parameter(self, name: str, model: GLIP) -> bool:
@@ -63,7 +64,7 @@ def _head_biases(model: GLIP) -> list[str]:
     return [
         n
         for n, _ in model.named_parameters()
-        if HeadBiasTuning("x", skip=["cls_logits"]).trains_parameter(n, model)
+        if HeadBiasTuning(skip=["cls_logits"]).trains_parameter(n, model)
     ]
 
 
@@ -86,9 +87,10 @@ def test_a_mode_defined_outside_the_package_runs_exports_reloads_and_is_reported
 
     # The export: the default two-file layout, the trained biases under adapt names, the class recorded.
     export = load_export(results["export"])
-    assert export.config["policy"] == TARGET and export.peft_config is None
+    # The export names the policy by its registered name, never by an import path.
+    assert export.config["policy"] == "headbias" and export.peft_config is None
     assert sorted(export.tensors) == sorted(want)
-    assert isinstance(export.policy(), HeadBiasTuning)
+    assert isinstance(policy_for_export(export.policy_name), HeadBiasTuning)
 
     detector = Detector.from_export(results["export"], checkpoint=cfg.get("checkpoint") or None)
     params = dict(detector.model.named_parameters())
@@ -121,34 +123,39 @@ def test_a_mode_defined_outside_the_package_runs_exports_reloads_and_is_reported
 
 
 def test_a_mode_yaml_naming_no_policy_class_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"mode\.policy\._target_='torch\.nn\.Linear' is not a ModePolicy"):
-        build_policy({"name": "odd", "policy": {"_target_": "torch.nn.Linear"}})
-    with pytest.raises(ValueError, match=r"mode\.policy\._target_='nowhere\.Mode' cannot be imported"):
+    with pytest.raises(ValueError, match=r"mode\.policy\._target_='torch\.nn\.Identity' is not a ModePolicy"):
+        build_policy({"name": "odd", "policy": {"_target_": "torch.nn.Identity"}})
+    with pytest.raises(ValueError, match=r"mode\.policy\._target_='nowhere\.Mode' cannot be built"):
         build_policy({"name": "odd", "policy": {"_target_": "nowhere.Mode"}})
-    with pytest.raises(ValueError, match="unknown mode 'odd'"):
+    with pytest.raises(ValueError, match=r"mode policy 'odd' is not registered \(known: .*full, headbias, "):
         build_policy({"name": "odd"})
 
 
-def test_the_configured_modes_name_their_classes():
+def test_the_built_in_modes_are_registered_by_name():
     for name, cls in [("zero", "ZeroShot"), ("prompt", "PromptTuning"), ("lora", "LoRA")]:
-        assert class_path(build_policy({"name": name})) == f"adapt.train.modes.{cls}"
+        policy = build_policy(mode_cfg(name))
+        assert type(policy).__name__ == cls and policy.name == name
     assert not build_policy({"name": "zero"}).trains and build_policy({"name": "full"}).trains
 
 
 @pytest.mark.parametrize("mode", ["prompt", "linear", "lora"])
-def test_an_export_without_a_recorded_policy_is_applied_by_its_modes_configured_class(tmp_path, mode):
-    """Exports written before policies were recorded name only their mode; they still apply."""
+def test_older_exports_still_apply_by_the_name_their_metadata_meant(tmp_path, mode):
+    """Format 2 recorded the built-in policy as a class path, format 1 only the mode: both resolve
+    to the registered policy without importing the path."""
     from test_export import CHECKPOINT, make_export
 
     out = make_export(tmp_path / mode, mode)
     meta = out / ("adapt_export.json" if mode == "lora" else "adapter_config.json")
     config = json.loads(meta.read_text())
-    assert config.pop("policy") == class_path(build_policy({"name": mode}))
+    assert config["policy"] == mode
     new = Detector.from_export(out, checkpoint=CHECKPOINT)
-    meta.write_text(json.dumps(config))
-    old = Detector.from_export(out, checkpoint=CHECKPOINT)
-    assert type(load_export(out).policy()) is type(build_policy({"name": mode}))
-    assert (old.model.language_backbone is None) == (mode == "prompt")
-    want = {n: p for n, p in new.model.named_parameters()}
-    got = dict(old.model.named_parameters())
-    assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
+    cls = type(build_policy(mode_cfg(mode))).__name__
+    for legacy in ({"policy": f"adapt.train.modes.{cls}", "version": 2}, {"policy": None, "version": 1}):
+        old_config = {k: v for k, v in {**config, **legacy}.items() if v is not None}
+        meta.write_text(json.dumps(old_config))
+        old = Detector.from_export(out, checkpoint=CHECKPOINT)
+        assert type(policy_for_export(load_export(out).policy_name)) is type(build_policy(mode_cfg(mode)))
+        assert (old.model.language_backbone is None) == (mode == "prompt")
+        want = dict(new.model.named_parameters())
+        got = dict(old.model.named_parameters())
+        assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)

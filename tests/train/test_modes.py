@@ -7,11 +7,11 @@ from functools import partial
 
 import pytest
 import torch
-from train_helpers import FIXTURE, mini_model
+from train_helpers import FIXTURE, mini_model, mode_cfg
 
 from adapt.model import GLIP, GLIPConfig, official_name
+from adapt.modes import build_policy, module_training_flags
 from adapt.prompt import encode_prompt, load_tokenizer
-from adapt.train.modes import build_policy, module_training_flags
 from adapt.train.module import GLIPAdaptation
 from adapt.train.optim import adamw, param_groups
 
@@ -22,10 +22,7 @@ MODE_CFG = {
     "prompt": {"name": "prompt"},
     "linear": {"name": "linear"},
     "full": {"name": "full"},
-    "lora": {
-        "name": "lora",
-        "lora": {"r": 2, "alpha": 4, "target_modules": r".*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)"},
-    },
+    "lora": mode_cfg("lora"),
 }
 
 

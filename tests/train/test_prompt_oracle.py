@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from train_helpers import FIXTURE, mini_model, oracle_train_batch
 
+from adapt.modes import build_policy
 from adapt.prompt import encode_prompt, load_tokenizer
-from adapt.train.modes import build_policy
 from adapt.train.module import GLIPAdaptation
 
 

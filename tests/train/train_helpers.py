@@ -72,3 +72,24 @@ def oracle_train_batch(io: dict) -> dict:
         "input_ids": tokens["input_ids"],
         "attention_mask": tokens["attention_mask"],
     }
+
+
+# LoRA on two fusion projections of the mini model: a small peft LoraConfig node, as conf/mode/lora.yaml
+# builds it with Hydra.
+LORA_TARGETS = r".*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)"
+LORA_CONFIG = {"_target_": "peft.LoraConfig", "r": 2, "lora_alpha": 4, "target_modules": LORA_TARGETS}
+
+
+def mode_cfg(mode: str) -> dict:
+    """The mode config a test builds a policy from: the registered name (LoRA with its small config)."""
+    if mode == "lora":
+        return {"name": "lora", "policy": {"_target_": "adapt.modes.LoRA", "config": LORA_CONFIG}}
+    return {"name": mode}
+
+
+def apply_export(export, model: GLIP):
+    """Put ``export`` onto ``model`` the way Detector.from_export does (its policy, by name)."""
+    from adapt.modes import policy_for_export
+
+    policy_for_export(export.policy_name).load_export(export, model)
+    return model

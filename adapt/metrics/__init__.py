@@ -1,0 +1,1 @@
+"""Metrics: COCO box AP (the paper's detection metric) and the others adapt reports."""
