@@ -120,7 +120,8 @@ def _demo_run(run_dir: Path) -> dict:
     with initialize_config_dir(config_dir=str(Path(adapt.__file__).parent / "conf"), version_base="1.3"):
         overrides = ["trainer=debug", "logger=none", "model.arch.inference.score_threshold=0.0"]
         cfg = compose(config_name="config", overrides=overrides)
-    assert (cfg.task.id, cfg.model.name, cfg.mode.name, cfg.shots) == ("demo", "glip_mini_pretrained", "prompt", 5)
+    want = ("demo", "glip_mini_pretrained", "prompt", 5)
+    assert (cfg.task.id, cfg.model.name, cfg.mode.name, cfg.shots) == want
     assert cfg.model.arch.input.min_size_test != 800  # the demo tests at the tiles' own size
     run_job(cfg, run_dir=run_dir)
     return json.loads((run_dir / "results.json").read_text())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapt import report as rp
-from adapt.report.render import render_markdown
 from adapt.grid import GridPoint
+from adapt.report.render import render_markdown
 from tests.test_report import write_result
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from adapt.grid import shots_sort_key
 from adapt.markdown import md_table
 from adapt.report.aggregate import ModelReport
 from adapt.report.jobs import COMPLETE, Job
-from adapt.grid import shots_sort_key
 
 
 def _seconds(job: Job, key: str) -> float | None:

@@ -289,6 +289,11 @@ def fit_and_validate(job: Job, trainer: L.Trainer) -> None:
     resume_from = resume_checkpoint(job.cfg.get("resume"), job.checkpoint_dir / LAST_CKPT)
     if resume_from is not None:
         check_resume_file(Path(resume_from))
+    elif job.cfg.get("test_before_training") and job.prompt is not None:
+        # The weights as loaded, on the test split: the zero-shot AP the trained one is set against.
+        trainer.test(module, datamodule=dm, verbose=False)
+        job.record.update(test_before_training=test_fields(module.last_eval or {}))
+        job.record.write()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     if protocol.evaluated_step != module.global_step or not protocol.history:
         trainer.validate(module, datamodule=dm, verbose=False)  # the final weights count too

@@ -140,3 +140,17 @@ def test_bf16_on_a_cpu_without_a_bf16_unit_warns(monkeypatch: pytest.MonkeyPatch
     assert [str(w.message).split(":")[0] for w in caught] == (
         [] if native else ["trainer.precision=bf16-mixed on a CPU without AVX-512 BF16 or AMX"]
     )
+
+
+def test_test_before_training_is_the_zero_shot_test(tmp_path, capsys):
+    """`test_before_training=true` (the demo's budget): the weights as loaded, tested before the first
+    step, give exactly what a zero-shot run of the same weights gives, and the summary shows both rows."""
+    common = ["model=glip_mini_pretrained", "model.arch.inference.score_threshold=0.0"]
+    run_job(compose_job(*common, "mode=zero", "shots=0"), run_dir=tmp_path / "zero")
+    cfg = compose_job(*common, "mode=prompt", "shots=1", "trainer.max_steps=1", "test_before_training=true")
+    run_job(cfg, run_dir=tmp_path / "prompt")
+    zero, prompt = read(tmp_path / "zero"), read(tmp_path / "prompt")
+    assert prompt["test_before_training"] == zero["test"]
+    assert prompt["test"] != zero["test"]  # one step of prompt tuning at lr 0.05 changes detections
+    out = capsys.readouterr().out
+    assert "before training" in out and "after training" in out
