@@ -320,6 +320,12 @@ def save_safetensors(model: GLIP, path: str | Path, state_dict: Mapping[str, Ten
     Path(path).write_bytes(canonical_safetensors(save(sd, metadata=metadata)))
 
 
+def _weights_config(cfg: GLIPConfig) -> dict[str, object]:
+    """The configuration the weights depend on: input sizes and inference settings left out (a
+    run may test at another size, e.g. the demo's budget, without the weights being different)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("input", "inference")}
+
+
 def canonical_safetensors(data: bytes) -> bytes:
     """A safetensors file's bytes with its metadata entries in sorted key order.
 
@@ -382,7 +388,9 @@ def apply_state_dict(
     if fmt == "adapt":
         mapped, report = _adapt_to_adapt(sd, expected, file)
         stored = (metadata or {}).get(SAFETENSORS_CONFIG_KEY)
-        if stored is not None and GLIPConfig.from_dict(json.loads(stored)) != model.cfg:
+        if stored is not None and _weights_config(
+            GLIPConfig.from_dict(json.loads(stored))
+        ) != _weights_config(model.cfg):
             report.notes.append("the file was saved from a model with a different GLIPConfig")
     else:
         mapped, report = official_to_adapt(sd, expected, model.cfg, file)
