@@ -42,6 +42,9 @@ def test_default_is_the_embedded_demo():
     assert choices.task == "demo"
     assert choices.model == "glip_mini_pretrained"
     assert choices.mode == "prompt"
+    # its budget (composed after config.yaml's own values) tests the loaded weights first
+    assert cfg.test_before_training is True and cfg.trainer.max_epochs == 10
+    assert compose_with("model=glip_mini").test_before_training is False
 
 
 @pytest.mark.parametrize(
