@@ -510,7 +510,7 @@ def describe(thing: Thing, rng: random.Random) -> Description:
     if thing.kind == TREE:
         return Description(TREE)
     names = _weighted(rng, [d for d, _ in DESCRIPTIONS], [w for _, w in DESCRIPTIONS])
-    values = {name: thing.attribute(name) for name in names}  # type: ignore[union-attr]
+    values = {name: thing.attribute(name) for name in names}  # type: ignore[union-attr,attr-defined]
     return Description(thing.kind, values.get("colour"), values.get("size"), values.get("texture"))
 
 

@@ -85,7 +85,9 @@ def _distractor(dataset: WorldDataset, rng: random.Random) -> Combo:
     return rng.choice(list(dataset.distractors))
 
 
-def split_coco(dataset: WorldDataset, split: str, image_dir: Path | None) -> dict[str, object]:
+def split_coco(
+    dataset: WorldDataset, split: str, image_dir: Path | None
+) -> dict[str, list[dict[str, object]]]:
     """The COCO dict of one split; with ``image_dir``, its PNG images are written there too."""
     names = dataset.category_names
     coco: dict[str, list[dict[str, object]]] = {
