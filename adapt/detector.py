@@ -77,6 +77,8 @@ class Detector:
         # mode learned them, its stored text features (then the text encoder is dropped), or the
         # captions of its prompt ensemble (adapt.model.ensemble).
         self.export_text: InferenceText | None = None
+        # The run's evaluation batch size, where a loaded export records it (from_export).
+        self.recorded_batch_size: int | None = None
 
     @property
     def default_classes(self) -> list[str]:
@@ -150,7 +152,7 @@ class Detector:
         model: str | None = None,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "cpu",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         download: bool = False,
         tokenizer: str | Path | None = None,
     ) -> Detector:
@@ -164,6 +166,9 @@ class Detector:
         classes detects the run's classes with the run's caption in every mode, so it reproduces the
         run's test detections. ``model`` names another model config of the same architecture;
         ``tokenizer`` is a tokenizer folder, for an export whose tokenizer adapt does not ship.
+        ``batch_size`` defaults to the run's evaluation batch size where the export records it
+        (``eval_batch_size``; else 4): padding depends on the batch, so that size comes closest to
+        the run's test detections (another gives the same AP, scores further off in the last bits).
 
         The export's JSON is data: its mode is resolved by name through the mode registry, its
         model name must be a shipped model config, and nothing it names is imported or opened.
@@ -187,7 +192,8 @@ class Detector:
         text = policy.load_export(artifact, glip)
         if text.features is not None:
             glip.language_backbone = None  # type: ignore[assignment]  # the stored text replaces it
-        detector = cls(glip, device=device, batch_size=batch_size)
+        detector = cls(glip, device=device, batch_size=batch_size or artifact.eval_batch_size or 4)
+        detector.recorded_batch_size = artifact.eval_batch_size
         detector.load_report = report
         detector.export_text = text
         return detector
@@ -351,6 +357,13 @@ class _Query:
     text: Callable[[int], TextFeatures | list[TextFeatures]]  # batch size -> text features (per prompt)
 
 
+def _recognisable(ck: Mapping[str, Any]) -> str:
+    """The base weights as a user knows them: the path the run was given, and the run folder an
+    export's tensors came from (``checkpoint=<run>/export/adapter_model.safetensors``)."""
+    text = str(ck.get("path") or ck.get("file"))
+    return f"{text} (from the run {ck['run']})" if ck.get("run") else text
+
+
 def _export_weights(
     export: Export, checkpoint: str | Path | None, official: Mapping[str, Any] | None, download: bool
 ) -> Path | None:
@@ -371,8 +384,8 @@ def _export_weights(
         want = (official or {}).get("checkpoint") or {}
         if want.get("file") != ck.get("file"):
             raise ExportError(
-                f"{where}: trained on checkpoint {ck.get('file')} (sha256 {ck.get('sha256')}), which is not "
-                f"{export.base_name}'s official one; pass that file as --checkpoint "
+                f"{where}: trained on checkpoint {_recognisable(ck)} (sha256 {ck.get('sha256')}), which is "
+                f"not {export.base_name}'s official one; pass that file as --checkpoint "
                 "(Detector.from_export(..., checkpoint=...))"
             )
         from adapt.download import require_checkpoint

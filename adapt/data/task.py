@@ -91,7 +91,7 @@ class Task:
     caption_prompts: list[CaptionPrompt | None] | None
     splits: dict[str, SplitFiles]
     fewshot_files: dict[str, str | None] = field(default_factory=dict)
-    drop_background: bool = True
+    drop_background: bool = False  # only where the task config says so (Roboflow exports)
     check_names: bool = True
     max_dets: int = 100
     _cache: dict[Path, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
@@ -268,6 +268,37 @@ def _prompts(
     return names, prompts
 
 
+def _check_distinct(
+    task_id: str,
+    ids: Sequence[int],
+    raw_names: Sequence[str],
+    names: Sequence[str],
+    splits: Mapping[str, SplitFiles] | None,
+) -> None:
+    """Refuse two categories under one name: their boxes would share one caption phrase (the model
+    cannot tell them apart) and one per-category AP key (one would overwrite the other)."""
+    for which, listed in (("named", raw_names), ("renamed", names)):
+        seen: dict[str, int] = {}
+        for cat_id, name in zip(ids, listed, strict=True):
+            if name not in seen:
+                seen[name] = cat_id
+                continue
+            where = (
+                next(str(f.json) for f in splits.values() if f.json is not None and f.json.is_file())
+                if splits is not None and which == "named"
+                else "the task config"
+            )
+            fix = (
+                "task.renames maps two names to it: rename them apart"
+                if which == "renamed"
+                else "give them distinct names there (or merge them into one category)"
+            )
+            raise DataError(
+                f"task {task_id}: categories {seen[name]} and {cat_id} are both {which} {name!r} in {where}, "
+                f"so their prompt phrase and their AP would merge: {fix}"
+            )
+
+
 def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
     """Build a Task from a `conf/task/**.yaml` node (e.g. `cfg.task`); cheap unless it must read categories.
 
@@ -284,7 +315,7 @@ def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
     if is_grounding_config(c):
         return build_grounding_task(c, root)
     splits = _split_files(c, root)
-    drop_background = bool(c.get("drop_background", True))
+    drop_background = bool(c.get("drop_background", False))
     if c.get("categories"):
         raw_names = [str(n) for n in c["categories"]]
         ids = [int(i) for i in c.get("category_ids") or range(1, len(raw_names) + 1)]
@@ -295,6 +326,7 @@ def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
         ids, raw_names = _categories_from_json(splits, drop_background)
         check_names = False
     class_names, caption_prompts = _prompts(c, raw_names, task_id)
+    _check_distinct(task_id, ids, raw_names, class_names, splits if not c.get("categories") else None)
     return Task(
         id=task_id,
         name=str(c.get("name") or task_id),

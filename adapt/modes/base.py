@@ -235,17 +235,22 @@ def export_run(
     base_model: Mapping[str, Any],
     mode: str | None = None,
     task: str | None = None,
+    eval_batch_size: int | None = None,
 ) -> Path:
     """Export a trained run: the tensors ``policy`` exports, with the metadata that makes them mean
     something (base weights, architecture with the run's test-time settings, the caption).
 
-    ``mode`` is the run's mode name (default: the policy's), recorded beside the policy's registered
-    name. ``model.cfg`` must be the configuration the run tested with: its ``input`` and
-    ``inference`` sections are what reproduces the run's detections.
+    ``mode`` is the run's mode name (default: the policy's; ``linear_cached``, the config the run
+    chose), recorded beside the policy's registered name and its report title (``mode_label``:
+    "linear probing (cached tower)"), which tells apart two configs of one policy. ``model.cfg``
+    must be the configuration the run tested with: its ``input`` and ``inference`` sections, with
+    ``eval_batch_size`` (padding depends on the batch), are what reproduces the run's detections.
     """
     extra: dict[str, Any] = {
         "task": task,
         "policy": policy.name,
+        "mode_label": policy.title,
+        "eval_batch_size": eval_batch_size,
         "arch": model.cfg.to_dict(),
         **prompt_fields(prompt, model.cfg.language.tokenizer),
     }

@@ -12,7 +12,7 @@ from adapt.grid import ZERO_MODE, Shots, shots_sort_key
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.grounding import grounding_lines
-from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
+from adapt.report.jobs import COMPLETE, DIED, FAILED, MISSING, RUNNING, STATUSES
 
 _MAX_LISTED = 200
 
@@ -58,7 +58,8 @@ def _header(report: Report) -> list[str]:
         f"# Sweep report: `{report.sweep_dir}`",
         "",
         f"Jobs: {counts[COMPLETE]} complete, {counts[FAILED]} failed, "
-        f"{counts[RUNNING]} running or interrupted, {counts[MISSING]} missing (of {sum(counts.values())}).",
+        f"{counts[RUNNING]} running or interrupted, {counts[DIED]} died, {counts[MISSING]} missing "
+        f"(of {sum(counts.values())}).",
         "",
         "AP is COCO box mAP@[.5:.95] on the test split, in percent. Ours: mean ± std over seeds "
         f"({'population' if report.ddof == 0 else 'sample'} std; none for a single seed); "
@@ -189,6 +190,7 @@ def _job_sections(report: Report) -> list[str]:
     sections = (
         (FAILED, "Failed jobs", "error (last line; full traceback in the folder's results.json)"),
         (RUNNING, "Running or interrupted jobs", "started"),
+        (DIED, "Died jobs (the process is gone: killed, out of memory or out of time)", "process"),
         (MISSING, "Missing jobs (planned by the sweep, no results.json)", "note"),
     )
     for status, title, detail in sections:
@@ -204,7 +206,7 @@ def _job_sections(report: Report) -> list[str]:
         lines += md_table(["model", "task", "mode", "shots", "seed", detail, "folder"], rows)
         if len(jobs) > _MAX_LISTED:
             lines.append(f"\n... and {len(jobs) - _MAX_LISTED} more, see jobs.csv.")
-    if not any(report.by_status(s) for s in (FAILED, RUNNING, MISSING)):
+    if not any(report.by_status(s) for s in (FAILED, RUNNING, DIED, MISSING)):
         lines += ["", "All expected jobs are complete."]
     return lines
 

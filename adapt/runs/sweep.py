@@ -331,7 +331,11 @@ def run_job(
     except Exception as exc:
         if run_dir is None:
             raise
-        path = record_failure(run_dir, exc, cfg)
+        try:
+            path = record_failure(run_dir, exc, cfg)
+        except OSError as write_error:  # a full or read-only disk: the error itself says so
+            log.error("could not record the failure in %s: %s", run_dir, write_error)
+            path = Path(run_dir) / RESULTS_FILE
         if not in_sweep(cfg):
             raise
         log.error("job failed (%s: %s); recorded in %s, the sweep goes on", type(exc).__name__, exc, path)
