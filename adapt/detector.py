@@ -74,8 +74,11 @@ class Detector:
         self.tokenizer = load_tokenizer(model.cfg.language.tokenizer)
         self.load_report: LoadReport | None = None
         # What predict() detects when given no classes: an export's own caption and, where the
-        # mode learned them, its stored text features (then the text encoder is dropped).
+        # mode learned them, its stored text features (then the text encoder is dropped), or the
+        # captions of its prompt ensemble (adapt.model.ensemble).
         self.export_text: InferenceText | None = None
+        # The run's evaluation batch size, where a loaded export records it (from_export).
+        self.recorded_batch_size: int | None = None
 
     @property
     def default_classes(self) -> list[str]:
@@ -149,7 +152,7 @@ class Detector:
         model: str | None = None,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "cpu",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         download: bool = False,
         tokenizer: str | Path | None = None,
     ) -> Detector:
@@ -163,6 +166,9 @@ class Detector:
         classes detects the run's classes with the run's caption in every mode, so it reproduces the
         run's test detections. ``model`` names another model config of the same architecture;
         ``tokenizer`` is a tokenizer folder, for an export whose tokenizer adapt does not ship.
+        ``batch_size`` defaults to the run's evaluation batch size where the export records it
+        (``eval_batch_size``; else 4): padding depends on the batch, so that size comes closest to
+        the run's test detections (another gives the same AP, scores further off in the last bits).
 
         The export's JSON is data: its mode is resolved by name through the mode registry, its
         model name must be a shipped model config, and nothing it names is imported or opened.
@@ -186,7 +192,8 @@ class Detector:
         text = policy.load_export(artifact, glip)
         if text.features is not None:
             glip.language_backbone = None  # type: ignore[assignment]  # the stored text replaces it
-        detector = cls(glip, device=device, batch_size=batch_size)
+        detector = cls(glip, device=device, batch_size=batch_size or artifact.eval_batch_size or 4)
+        detector.recorded_batch_size = artifact.eval_batch_size
         detector.load_report = report
         detector.export_text = text
         return detector
@@ -264,8 +271,7 @@ class Detector:
         for one caption run in chunks (each chunk a forward pass); detections of all chunks are
         merged and the best ``detections_per_image`` kept.
         """
-        single = isinstance(images, str | Path | Image.Image)
-        items = [images] if single else list(images)  # type: ignore[list-item]
+        items: list[ImageInput] = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         queries = self._queries(classes, caption, phrases)
         names = {lab: name for q in queries for lab, name in q.names.items()}
         bs = batch_size or self.batch_size
@@ -279,7 +285,7 @@ class Detector:
                 for q in queries
             ]
             for i, (_, original) in enumerate(loaded):
-                results.append(self._merge([d[i] for d in per_query], sizes[i], original, names))  # type: ignore[index]
+                results.append(self._merge([d[i] for d in per_query], sizes[i], original, names))
         return results
 
     def _queries(
@@ -288,6 +294,8 @@ class Detector:
         """One query per forward pass: a prompt chunk, a caption, or the loaded export's text."""
         exported = self.export_text
         if classes is None and caption is None and exported is not None:
+            if exported.ensemble:  # a prompt ensemble: one forward pass over all its captions
+                return [self._text_query(list(exported.ensemble))]
             if exported.features is None:
                 return [self._text_query(exported.prompt)]
             p = exported.prompt
@@ -302,14 +310,23 @@ class Detector:
             raise ValueError("a prompt artifact replaced the text encoder: call predict without classes")
         return [self._text_query(p) for p in self.encode(classes, caption, phrases)]
 
-    def _text_query(self, p: EncodedPrompt) -> _Query:
+    def _text_query(self, p: EncodedPrompt | list[EncodedPrompt]) -> _Query:
+        if isinstance(p, list):  # a prompt ensemble: the model combines the prompts' class scores
+            maps = [dict(q.label_to_tokens) for q in p]
+            return _Query(
+                dict(zip(p[0].labels, p[0].class_names, strict=True)),
+                maps,
+                lambda n: [self._encode(q, n) for q in p],
+            )
         return _Query(
-            dict(zip(p.labels, p.class_names, strict=True)),
-            p.label_to_tokens,
-            lambda n: self.model.encode_text(
-                p.input_ids[None].expand(n, -1).to(self.device),
-                p.attention_mask[None].expand(n, -1).to(self.device),
-            ),
+            dict(zip(p.labels, p.class_names, strict=True)), p.label_to_tokens, lambda n: self._encode(p, n)
+        )
+
+    def _encode(self, p: EncodedPrompt, batch_size: int) -> TextFeatures:
+        """BERT's features of ``p`` for a batch of ``batch_size`` images."""
+        return self.model.encode_text(
+            p.input_ids[None].expand(batch_size, -1).to(self.device),
+            p.attention_mask[None].expand(batch_size, -1).to(self.device),
         )
 
     def _merge(
@@ -336,8 +353,15 @@ class _Query:
     """What one forward pass needs on the text side."""
 
     names: dict[int, str]  # label -> class name
-    label_to_tokens: dict[int, list[int]]
-    text: Callable[[int], TextFeatures]  # batch size -> text features
+    label_to_tokens: dict[int, list[int]] | list[dict[int, list[int]]]  # a list: one map per prompt
+    text: Callable[[int], TextFeatures | list[TextFeatures]]  # batch size -> text features (per prompt)
+
+
+def _recognisable(ck: Mapping[str, Any]) -> str:
+    """The base weights as a user knows them: the path the run was given, and the run folder an
+    export's tensors came from (``checkpoint=<run>/export/adapter_model.safetensors``)."""
+    text = str(ck.get("path") or ck.get("file"))
+    return f"{text} (from the run {ck['run']})" if ck.get("run") else text
 
 
 def _export_weights(
@@ -361,8 +385,8 @@ def _export_weights(
         # Exports record the file's name; a packaged checkpoint's config names "package:<path>".
         if Path(str(want.get("file"))).name != ck.get("file"):
             raise ExportError(
-                f"{where}: trained on checkpoint {ck.get('file')} (sha256 {ck.get('sha256')}), which is not "
-                f"{export.base_name}'s official one; pass that file as --checkpoint "
+                f"{where}: trained on checkpoint {_recognisable(ck)} (sha256 {ck.get('sha256')}), which is "
+                f"not {export.base_name}'s official one; pass that file as --checkpoint "
                 "(Detector.from_export(..., checkpoint=...))"
             )
         from adapt.download import require_checkpoint

@@ -607,11 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 require_dataset(cfg)
                 print(f"{name}: {root}")
             elif name in model_names():
-                cfg = model_config(name)
-                if str((cfg.get("checkpoint") or {}).get("file")).startswith(PACKAGE_PREFIX):
-                    print(f"{name}: {packaged_checkpoint(cfg)} (shipped with adapt)")
+                model_cfg = model_config(name)
+                if str((model_cfg.get("checkpoint") or {}).get("file")).startswith(PACKAGE_PREFIX):
+                    print(f"{name}: {packaged_checkpoint(model_cfg)} (shipped with adapt)")
                     continue
-                path = fetch_checkpoint(cfg, args.cache_dir, args.endpoint, not args.no_progress, args.force)
+                path = fetch_checkpoint(
+                    model_cfg, args.cache_dir, args.endpoint, not args.no_progress, args.force
+                )
                 print(f"{name}: {path if path else 'no official checkpoint; nothing to download'}")
             else:
                 models = model_names()

@@ -2,6 +2,8 @@
 
 `python -m adapt.evaluate --gt FILE --dt FILE [--max-dets N] [--json] [--out FILE]` prints AP@[.5:.95],
 AP50, AP75, the size breakdown and per-category AP in percent (adapt.metrics.coco, COCOeval).
+A detection file listing its images (``adapt.predict``'s ``detections.json``, ids 1..N in its input
+order) is matched to the ground truth by file name; one whose images cannot all be matched is refused.
 `python -m adapt.evaluate grounding|refexp ...` scores phrase grounding (Flickr30k Entities
 Recall@k) and referring expressions (precision@k), adapt.metrics.grounding / refexp.
 """
@@ -53,7 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refexp.main(args_list[1:])
     parser = argparse.ArgumentParser(prog="python -m adapt.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gt", required=True, help="ground-truth COCO annotation file")
-    parser.add_argument("--dt", required=True, help="detections: a COCO results list (json)")
+    parser.add_argument(
+        "--dt",
+        required=True,
+        help="detections: a COCO results list (image ids of --gt), or a COCO file with images "
+        "(adapt.predict's detections.json), whose images are matched to --gt's by file name",
+    )
     parser.add_argument("--max-dets", type=int, default=100, help="detections per image (default 100)")
     parser.add_argument("--out", help="also write the metrics as json here")
     parser.add_argument("--json", action="store_true", help="print the metrics as json instead of tables")

@@ -155,6 +155,24 @@ class Export:
         return list(self.config.get("class_names") or [])
 
     @property
+    def eval_batch_size(self) -> int | None:
+        """The run's evaluation batch size (images per forward pass per process), where recorded."""
+        value = self.config.get("eval_batch_size")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(
+                f"{self.metadata_file}: 'eval_batch_size' must be a positive integer, got {value!r}"
+            )
+        return value
+
+    @property
+    def mode_label(self) -> str:
+        """What produced the export, as the report titles it ("linear probing (cached tower)");
+        exports written before it was recorded give their mode name."""
+        return str(self.config.get("mode_label") or self.mode)
+
+    @property
     def label_to_tokens(self) -> dict[int, list[int]]:
         return {int(k): list(v) for k, v in (self.config.get("label_to_tokens") or {}).items()}
 

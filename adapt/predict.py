@@ -1,16 +1,21 @@
 """`python -m adapt.predict IMAGES... (--classes "a,b,c" | --prompt ARTIFACT) [--model NAME]`.
 
-Detects classes in images and writes ``<out>/detections.json`` (a COCO file: images, categories and
-one annotation per detection with its ``score``, boxes in original pixels, xywh with GLIP's +1
-convention) and one ``<out>/<image>.jpg`` per input with the boxes drawn.
+Detects classes in images (files, or folders of them) and writes ``<out>/detections.json`` (a COCO
+file: images, categories and one annotation per detection with its ``score``, boxes in original
+pixels, xywh with GLIP's +1 convention) and one drawn JPEG per input, ``<out>/<stem>.jpg``, or
+``<stem>-2.jpg``, ... where that name is an input or is taken by an earlier input of the same stem
+(:mod:`adapt.imagefiles`): no input is ever overwritten. ``adapt.evaluate`` scores the file against
+a ground truth by matching ``file_name``, not the ids (they number the inputs 1..N).
 
 ``--prompt`` takes an artifact exported by a training run (``<run>/export``) and, with no other
 flag, reproduces the run's test detections: it loads the base weights the run trained on (checked
 by SHA-256; other weights are refused with the expected hash), and uses the run's test-time input
-sizes, inference settings and caption. A prompt-tuning artifact carries its prompt embeddings, so
-detection runs *without* the text encoder (it is removed from the model after loading); a
-linear-probe, LoRA or full artifact is loaded onto the model and detects the classes it was trained
-on (or ``--classes``). Size and inference flags still override what the export records, with a note.
+sizes, inference settings, caption and evaluation batch size (padding depends on it: another
+``--batch-size`` gives the same AP, scores further off in their last bits). A prompt-tuning
+artifact carries its prompt embeddings, so detection runs *without* the text encoder (it is removed
+from the model after loading); a linear-probe, LoRA or full artifact is loaded onto the model and
+detects the classes it was trained on (or ``--classes``). Size and inference flags still override
+what the export records, with a note.
 """
 
 from __future__ import annotations
@@ -27,15 +32,24 @@ from PIL import ImageDraw
 from adapt.atomic import write_json
 from adapt.data.io import read_image
 from adapt.detector import Detections, Detector
+from adapt.imagefiles import drawn_paths, expand_images
 from adapt.metrics.coco import coco_xywh
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 
 
 def to_coco(
-    images: Sequence[str | Path], results: Sequence[Detections], names: Sequence[str]
+    images: Sequence[str | Path],
+    results: Sequence[Detections],
+    names: Sequence[str],
+    drawn: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
-    """A COCO detection file: boxes as xywh with the +1 convention (w = x2 - x1 + 1), with scores."""
+    """A COCO detection file: boxes as xywh with the +1 convention (w = x2 - x1 + 1), with scores.
+
+    Image ids number the inputs 1..N; ``file_name`` is the path as given, which is what
+    ``adapt.evaluate`` matches against a ground truth's images (its ids are its own). ``drawn``
+    (the drawn copies) is recorded as ``images[].drawn``, the file's name in the output folder.
+    """
     coco: dict[str, Any] = {
         "images": [],
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
@@ -43,7 +57,10 @@ def to_coco(
     }
     for image_id, (path, res) in enumerate(zip(images, results, strict=True), start=1):
         h, w = res.image_size
-        coco["images"].append({"id": image_id, "file_name": str(path), "height": h, "width": w})
+        entry = {"id": image_id, "file_name": str(path), "height": h, "width": w}
+        if drawn is not None:
+            entry["drawn"] = drawn[image_id - 1].name
+        coco["images"].append(entry)
         for (x1, y1, bw, bh), score, label in zip(
             coco_xywh(res.boxes).tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
         ):
@@ -62,8 +79,9 @@ def to_coco(
     return coco
 
 
-def draw(path: str | Path, result: Detections, out: Path, threshold: float) -> Path:
-    """The image with its detections above ``threshold`` drawn, saved as JPEG."""
+def draw(path: str | Path, result: Detections, target: Path, threshold: float) -> Path:
+    """The image with its detections above ``threshold`` drawn, saved as JPEG at ``target`` (never
+    an input: :func:`adapt.imagefiles.drawn_paths` names it)."""
     image = read_image(path)
     canvas = ImageDraw.Draw(image)
     for box, score, label, name in zip(
@@ -74,7 +92,6 @@ def draw(path: str | Path, result: Detections, out: Path, threshold: float) -> P
         color = COLORS[(int(label) - 1) % len(COLORS)]
         canvas.rectangle(box, outline=color, width=2)
         canvas.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
-    target = out / f"{Path(path).stem}.jpg"
     image.save(target, quality=90)
     return target
 
@@ -107,9 +124,20 @@ def override_settings(detector: Detector, args: argparse.Namespace, from_export:
         setattr(node, key, value)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapt.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", help="image files")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its description and epilog say what is read and what is written."""
+    parser = argparse.ArgumentParser(
+        prog="python -m adapt.predict",
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Writes into --out: detections.json (COCO: images with their file_name as given and the "
+            "name of their drawn copy, categories, one annotation per detection with its score; "
+            "python -m adapt.evaluate --gt GT --dt detections.json scores it, matching images by file "
+            "name) and one drawn JPEG per image, <stem>.jpg (<stem>-2.jpg, ... where that name is an "
+            "input or another input has the same stem: no input is ever overwritten)."
+        ),
+    )
+    parser.add_argument("images", nargs="+", help="image files or folders (a folder: the images in it)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--classes", help='comma-separated class names, e.g. "fish,jellyfish,penguin"')
     which.add_argument("--prompt", help="an exported artifact folder (<run>/export)")
@@ -127,31 +155,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for flag, (_, _, kind, what) in SETTINGS.items():
         parser.add_argument(flag, type=kind, help=f"{what} (default: the export's, else the model's)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per forward pass (default: the run's evaluation batch size an export records, "
+        "else 1); padding depends on it, so the run's batch size comes closest to its test "
+        "detections (the same AP; scores within about 1e-8)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
+        images = expand_images(args.images)
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-        if args.prompt:
+        if args.prompt:  # no --batch-size: the run's evaluation batch size, as the export records it
             detector = Detector.from_export(
-                args.prompt, args.model, args.checkpoint, args.device, tokenizer=args.tokenizer
+                args.prompt,
+                args.model,
+                args.checkpoint,
+                args.device,
+                batch_size=args.batch_size,
+                tokenizer=args.tokenizer,
             )
         else:
-            detector = Detector.from_config(args.model or "glip_t", args.checkpoint, args.device)
+            detector = Detector.from_config(
+                args.model or "glip_t", args.checkpoint, args.device, batch_size=args.batch_size or 1
+            )
+        if args.batch_size is None and detector.recorded_batch_size is None:
+            detector.batch_size = 1  # an export from before the size was recorded: one at a time
         override_settings(detector, args, from_export=bool(args.prompt))
-        results = detector.predict(args.images, classes=classes, batch_size=args.batch_size)
+        results = detector.predict(images, classes=classes)
         names = classes or detector.default_classes
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"adapt.predict: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(to_coco(args.images, results, names), out / "detections.json", indent=1)
-    for path, res in zip(args.images, results, strict=True):
-        draw(path, res, out, args.threshold)
+    drawn = drawn_paths(images, out)
+    write_json(to_coco(images, results, names, drawn), out / "detections.json", indent=1)
+    for path, res, target in zip(images, results, drawn, strict=True):
+        draw(path, res, target, args.threshold)
     total = sum(len(r) for r in results)
-    print(f"{total} detections in {len(results)} images -> {out / 'detections.json'}")
+    print(f"{total} detections in {len(results)} images -> {out / 'detections.json'} (drawn copies beside)")
     return 0
 
 

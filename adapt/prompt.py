@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import BatchEncoding, BertTokenizerFast, PreTrainedTokenizerFast
+from transformers import BatchEncoding, BertTokenizer, PreTrainedTokenizerFast
 
 __all__ = [
     "CaptionPrompt",
@@ -131,9 +131,9 @@ def load_tokenizer(name: str = "bert-base-uncased") -> PreTrainedTokenizerFast:
     """
     if name in PACKAGED_TOKENIZERS:
         with as_file(files("adapt").joinpath("resources", name)) as path:
-            return BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
+            return BertTokenizer.from_pretrained(str(path), local_files_only=True)
     if Path(name).is_dir():
-        return BertTokenizerFast.from_pretrained(name, local_files_only=True)
+        return BertTokenizer.from_pretrained(name, local_files_only=True)
     raise ValueError(
         f"unknown tokenizer {name!r}: expected 'bert-base-uncased' (shipped in adapt/resources) "
         "or a local tokenizer folder"

@@ -34,6 +34,7 @@ def _main(cfg: DictConfig) -> float | None:
     from adapt.runs.config import ConfigError
     from adapt.runs.job import run_job
     from adapt.runs.rundir import RunLockedError
+    from adapt.runs.storage import RunFolderError
     from adapt.runs.summary import to_log_files
 
     try:
@@ -47,11 +48,13 @@ def _main(cfg: DictConfig) -> float | None:
         PromptTooLongError,
         ExportError,
         RunLockedError,
+        RunFolderError,
     ) as exc:
         # Bad input or missing files: the message names the file and the fix; a traceback adds nothing.
         # (Inside a sweep the job records the failure in its folder and the sweep goes on instead.)
         print(f"adapt: error: {exc}", file=sys.stderr)
-        to_log_files(f"adapt: error: {exc}", logging.ERROR)
+        if not isinstance(exc, RunLockedError | RunFolderError):  # that folder is not this run's to write
+            to_log_files(f"adapt: error: {exc}", logging.ERROR)
         raise SystemExit(2) from None
     except Exception:
         # Hydra prints the traceback to stderr; run.log keeps it too.

@@ -12,7 +12,9 @@ Configurations (``use_checkpoint`` pinned per configuration; feature cache hit o
   view after its first);
 * ``full ckpt`` (official) / ``full``: full fine-tuning with / without checkpointing;
 * ``linear`` (official probe) and ``linear cached`` (``mode=linear_cached``, a cache hit: the step is
-  the prediction layers, the loss and AdamW).
+  the prediction layers, the loss and AdamW);
+* ``fusion_prompt`` and ``context_prompt`` (SDPT's fusion tokens, CoOp's context: their YAML
+  defaults), each with (``ckpt``) and without fusion checkpointing, in the full step's group.
 
 Everything runs the job's own code on real tensors on ``--device``: ``GLIPAdaptation`` built by
 ``benchmarks.odinw.measure.build_module`` (seeded random weights, the mode's policy and AdamW),
@@ -80,10 +82,28 @@ CONFIGS = (
     Config("full", "full", False, False),
     Config("linear", "linear", False, False),
     Config("linear cached", "linear_cached", False, True),
+    # The methods the field compares (adapt.modes: fusion_prompt, context_prompt), against the same full step.
+    Config("fusion_prompt ckpt", "fusion_prompt", True, False),
+    Config("fusion_prompt", "fusion_prompt", False, False),
+    Config("context_prompt ckpt", "context_prompt", True, False),
+    Config("context_prompt", "context_prompt", False, False),
 )
-# Timed together (interleaved); the groups run one after the other, so that only two models are
-# in memory at a time. Ratios of time are taken within a group.
-GROUPS = (("prompt ckpt", "prompt", "prompt cached", "full ckpt", "full"), ("linear", "linear cached"))
+# Timed together (interleaved); the groups run one after the other, so that few models are in
+# memory at a time. Ratios of time are taken within a group, so the methods share the full step's.
+GROUPS = (
+    (
+        "prompt ckpt",
+        "prompt",
+        "prompt cached",
+        "full ckpt",
+        "full",
+        "fusion_prompt ckpt",
+        "fusion_prompt",
+        "context_prompt ckpt",
+        "context_prompt",
+    ),
+    ("linear", "linear cached"),
+)
 REFERENCE = "full ckpt"  # the official full fine-tuning step
 CACHE_BYTES = 2**40  # no eviction within the benchmark
 

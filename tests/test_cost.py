@@ -272,18 +272,31 @@ def _check_markdown_tables(text: str) -> int:
 
 
 @pytest.mark.parametrize(
-    ("modes", "jobs"),
+    ("modes", "jobs", "eval_modes"),
     [
         # full fine-tuning and the cached linear probe (a mode whose YAML has a defaults list):
         # 13 x (1 zero-shot + 2 modes x (4 shots x 3 seeds + 1 full-data)) runs
-        pytest.param(("full", "linear_cached"), 13 * 27, id="full-and-linear_cached"),
+        pytest.param(("full", "linear_cached"), 13 * 27, (), id="full-and-linear_cached"),
+        # the methods the field compares: two training modes, and the ensemble per evaluated image
         pytest.param(
-            ("prompt", "linear", "full", "lora"), 520 + 169, id="every-mode", marks=pytest.mark.slow
+            ("full", "fusion_prompt", "context_prompt"),
+            13 * 40,
+            ("zero_ensemble",),
+            id="methods",
+            marks=pytest.mark.slow,  # about 2 minutes of CPU
+        ),
+        pytest.param(
+            ("prompt", "linear", "full", "lora"), 520 + 169, (), id="every-mode", marks=pytest.mark.slow
         ),
     ],
 )
 def test_smoke_run_measures_every_quantity(
-    tmp_path: Path, sweep_dir: Path, capsys: pytest.CaptureFixture, modes: tuple[str, ...], jobs: int
+    tmp_path: Path,
+    sweep_dir: Path,
+    capsys: pytest.CaptureFixture,
+    modes: tuple[str, ...],
+    jobs: int,
+    eval_modes: tuple[str, ...],
 ):
     out = tmp_path / "cost.json"
     argv = [
@@ -299,6 +312,7 @@ def test_smoke_run_measures_every_quantity(
         "1",
         "--modes",
         *modes,
+        *(["--eval-modes", *eval_modes] if eval_modes else []),
         "--peak-tflops",
         "989",
         "--sweep",
@@ -321,6 +335,10 @@ def test_smoke_run_measures_every_quantity(
     assert {"aten.addmm", "aten.mm"} <= set(train["full"]["flops_by_op"])
     ev = report["models"]["glip_mini"]["eval"]
     assert ev["t_img"] > 0 and ev["flops_per_image"] > 0
+    for mode in eval_modes:  # one backbone, a head per caption: more than zero-shot's image
+        r = report["models"]["glip_mini"]["eval_modes"][mode]
+        assert r["t_img"] > 0 and r["flops_per_image"] > ev["flops_per_image"], mode
+        assert f"`t_img({mode})`" in text and f"evaluated image, `{mode}` / zero-shot" in text
     assert report["protocol"]["jobs"] == jobs
     [est] = report["estimates"]
     assert est["label"] == "E from the sweep" and est["hours"] > 0 and est["flop_hours_at_peak"] > 0
@@ -356,3 +374,25 @@ def test_deform_conv2d_is_counted_as_its_gemm():
     assert set(forward.by_op) == {"torchvision.deform_conv2d"}
     both = count_flops(lambda: deform_conv2d(x, offset, weight, padding=1).sum().backward())
     assert both.total == 3 * forward.total  # backward: the grads of the columns and of the weight
+
+
+def test_relative_cost_divides_each_step_by_full_and_each_method_image_by_zero_shot():
+    from benchmarks.odinw.render import _relative
+
+    models = {
+        "glip_t": {
+            "train": {
+                "full": {"flops_per_step": 800.0, "t_step": 16.0, "peak_memory_mb": 4000.0},
+                "fusion_prompt": {"flops_per_step": 400.0, "t_step": 8.0},
+            },
+            "eval": {"flops_per_image": 100.0, "t_img": 2.0},
+            "eval_modes": {"zero_ensemble": {"flops_per_image": 250.0, "t_img": 5.0}},
+        }
+    }
+    rows = [line for line in _relative({"models": models}) if line.startswith("| glip_t")]
+    assert rows == [
+        "| glip_t | training step, `fusion_prompt` / `full` | 0.50 | 0.50 | – |",
+        "| glip_t | evaluated image, `zero_ensemble` / zero-shot | 2.50 | 2.50 | – |",
+    ]
+    assert cost.eval_only_modes() == ("zero_ensemble",)
+    assert {"fusion_prompt", "context_prompt"} <= set(cost.measurable_modes())

@@ -4,10 +4,12 @@ an export reproduces its run's test detections and AP with no other flag."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
@@ -163,6 +165,7 @@ def test_an_export_reproduces_its_runs_test_detections_and_ap(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "adapt.predict", *images, "--prompt", export, "--out", str(out)],
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(adapt.__file__).parent.parent)},  # this checkout's
         capture_output=True,
         text=True,
         timeout=600,
@@ -186,3 +189,63 @@ def test_an_export_reproduces_its_runs_test_detections_and_ap(tmp_path):
     for predicted in (by_cli, by_api):
         _assert_same_detections(predicted, run_detections)
         assert evaluate(gt_file, predicted)["ap"] == results["test"]["ap"]
+    # Issue 24 item 15: the CLI's default batch is the run's evaluation batch size, which the export
+    # records (padding depends on it); item 14: detections.json scores as it is, matched by file name.
+    assert json.loads((Path(export) / "adapter_config.json").read_text())["eval_batch_size"] == 4
+    assert evaluate(gt_file, out / "detections.json")["ap"] == results["test"]["ap"]
+
+
+# ------------------------------------------------------------------------------------------------
+# What predict writes: never over an input, one drawn copy per input, folders expanded
+
+
+def test_predict_never_overwrites_an_input_and_same_stems_get_distinct_copies(tmp_path):
+    """Issue 24 item 1: `--out .` beside `a.jpg` re-encoded the user's image in place, and
+    `d1/x.jpg d2/x.jpg` left one drawn `x.jpg`."""
+    here = tmp_path / "a.jpg"
+    here.write_bytes(Path(IMAGES[0]).read_bytes())
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    (tmp_path / "d1" / "x.jpg").write_bytes(Path(IMAGES[0]).read_bytes())  # 320 x 320
+    (tmp_path / "d2" / "x.jpg").write_bytes(Path(IMAGES[1]).read_bytes())  # 400 x 400
+    inputs = [here, tmp_path / "d1" / "x.jpg", tmp_path / "d2" / "x.jpg"]
+    before = {p: p.read_bytes() for p in inputs}
+    args = [*map(str, inputs), "--classes", "tree", "--threshold", "0", "--out", str(tmp_path), *COMMON]
+    assert main(args) == 0
+    assert {p: p.read_bytes() for p in inputs} == before
+    coco = json.loads((tmp_path / "detections.json").read_text())
+    assert [i["drawn"] for i in coco["images"]] == ["a-2.jpg", "x.jpg", "x-2.jpg"]
+    for image, size in zip(coco["images"], [(320, 320), (320, 320), (400, 400)], strict=True):
+        with Image.open(tmp_path / image["drawn"]) as im:
+            assert im.size == size
+    # the same command again replaces its own drawn copies, still never an input
+    assert main(args) == 0
+    assert {p: p.read_bytes() for p in inputs} == before
+    assert sorted(p.name for p in tmp_path.glob("*.jpg")) == ["a-2.jpg", "a.jpg", "x-2.jpg", "x.jpg"]
+
+
+def test_a_folder_of_images_is_expanded_in_name_order(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, src in (("b.jpg", IMAGES[1]), ("a.JPG", IMAGES[0])):
+        (folder / name).write_bytes(Path(src).read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main([str(folder), "--classes", "tree", "--out", str(out), *COMMON]) == 0
+    coco = json.loads((out / "detections.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == [str(folder / "a.JPG"), str(folder / "b.jpg")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--classes", "tree", "--out", str(out), *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"adapt.predict: error: {empty}: a folder with no image files in it")
+    assert err.count("\n") == 1
+
+
+def test_predict_help_says_what_it_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for said in ("detections.json", "<stem>.jpg", "no input is ever overwritten", "folder", "file name"):
+        assert said in text, said
+    assert "evaluation batch size" in text  # --batch-size: what reproduces the run's detections

@@ -334,7 +334,7 @@ def test_failed_killed_and_missing_jobs_are_listed(tmp_path):
     assert status == {
         ("x/a", 3): "complete",
         ("x/a", 30): "failed",
-        ("x/b", 3): "running",
+        ("x/b", 3): "died",  # its pid is gone from this host
         ("x/b", 30): "missing",
         ("x/c", 3): "missing",
         ("x/c", 30): "missing",
@@ -346,8 +346,11 @@ def test_failed_killed_and_missing_jobs_are_listed(tmp_path):
     assert "x/a/prompt/shots1_seed30" in md
     killed = json.loads((sweep_dir / "x/b/prompt/shots1_seed3/results.json").read_text())
     assert killed["status"] == "running" and killed["pid"] > 0
-    assert "## Running or interrupted jobs (1)" in md
-    assert f"started {killed['started_at']} on {socket.gethostname()} (pid {killed['pid']})" in md
+    assert "## Died jobs (the process is gone: killed, out of memory or out of time) (1)" in md
+    assert (
+        f"pid {killed['pid']} on {socket.gethostname()} is no longer running (started "
+        f"{killed['started_at']} on {socket.gethostname()} (pid {killed['pid']}))"
+    ) in md
     assert "## Missing jobs (planned by the sweep, no results.json) (3)" in md
     # the basic launcher returns job ids when its batch is done; this sweep died before that
     assert md.count("| launched, never started |") == 3
@@ -356,7 +359,7 @@ def test_failed_killed_and_missing_jobs_are_listed(tmp_path):
     assert "| x/a | 50.0 * |" in md
     jobs = read_csv(sweep_dir / "report" / "jobs.csv")
     assert list(jobs[0]) == list(rp.JOBS_COLUMNS)
-    assert [j["status"] for j in jobs] == ["failed", "running", "missing", "missing", "missing", "complete"]
+    assert [j["status"] for j in jobs] == ["failed", "died", "missing", "missing", "missing", "complete"]
     assert jobs[0]["error"] == "RuntimeError: bad | json"
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -445,3 +448,30 @@ def test_results_json_numbers_are_percent_like_the_paper(odinw_sweep):
     for path in odinw_sweep.rglob("results.json"):
         assert json.loads(path.read_text())["test"]["ap"] > 1.0
     assert re.search(r"\| Aquarium \| 32\.5 ± 1\.0 ", rp.render_markdown(rp.build_report(odinw_sweep)))
+
+
+def test_a_running_job_whose_process_is_gone_from_this_host_is_listed_as_died(tmp_path):
+    """kill -9, the OOM killer: results.json still says "running"; the report checks the pid."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname()
+    started = {"status": "running", "started_at": "2026-01-02T03:04:05+00:00", "shots": 1, "seed": 3}
+    point = {"task": "x/a", "model": "m", "mode": "prompt"}
+    for name, host, pid in [("gone", here, dead.pid), ("alive", here, os.getpid()), ("elsewhere", "n7", 1)]:
+        write_json(
+            {**started, **point, "seed": len(name), "host": host, "pid": pid},
+            tmp_path / name / "results.json",
+        )
+    jobs, _ = rp.collect_jobs(tmp_path)
+    status = {j.path.name: j.status for j in jobs}
+    assert status == {"gone": "died", "alive": "running", "elsewhere": "running"}
+    (gone,) = [j for j in jobs if j.status == rp.DIED]
+    assert gone.note == (
+        f"pid {dead.pid} on {here} is no longer running (started 2026-01-02T03:04:05+00:00 on {here} "
+        f"(pid {dead.pid}))"
+    )
+    md = rp.render_markdown(rp.build_report(tmp_path, paper=None))
+    assert "2 running or interrupted, 1 died," in md and gone.note in md

@@ -72,10 +72,17 @@ def test_the_mission_command_line_composes_with_shots_as_typed(tmp_path):
     assert job["data"]["shots"] == 5 and job["trainer"]["max_epochs"] == 200
 
 
-def test_a_multirun_over_shots_names_each_folder_by_its_value(tmp_path, monkeypatch):
-    """`-m shots=0,all` as typed: one zero-shot evaluation per value, each in its own folder."""
+def test_a_multirun_over_shots_names_each_folder_by_its_value(tmp_path, monkeypatch, capsys):
+    """`-m shots=0,all` as typed: each value gets its own folder; zero-shot at shots=all is the
+    shots=0 evaluation again, so that job stops with one sentence instead of repeating it."""
     monkeypatch.chdir(tmp_path)
-    run(monkeypatch, "-m", "mode=zero", "shots=0,all", *DEMO_SMALL, f"hydra.sweep.dir={tmp_path / 'm'}")
+    with pytest.raises(SystemExit) as exit_info:
+        run(monkeypatch, "-m", "mode=zero", "shots=0,all", *DEMO_SMALL, f"hydra.sweep.dir={tmp_path / 'm'}")
+    assert exit_info.value.code == 2
+    assert (
+        "adapt: error: shots=all with mode=zero, which trains nothing, is the shots=0 evaluation again in a "
+        "folder of its own: use shots=0 with mode=zero"
+    ) in capsys.readouterr().err
     folders = sorted(p.parent.relative_to(tmp_path / "m") for p in (tmp_path / "m").rglob("results.json"))
     # -<8 hex>: the small-input overrides make these runs distinct from the default ones (adapt/resolvers.py)
     assert len({str(f).rsplit("-", 1)[1] for f in folders}) == 1
@@ -83,9 +90,10 @@ def test_a_multirun_over_shots_names_each_folder_by_its_value(tmp_path, monkeypa
         "demo/glip_mini_pretrained/zero/shots0_seed3",
         "demo/glip_mini_pretrained/zero/shotsall_seed3",
     ]
-    for folder, shots in zip(folders, (0, "all"), strict=True):
+    for folder, (shots, status) in zip(folders, ((0, "complete"), ("all", "failed")), strict=True):
         results = json.loads((tmp_path / "m" / folder / "results.json").read_text())
-        assert results["status"] == "complete" and results["shots"] == shots
+        assert results["status"] == status and results["shots"] == shots
+        assert (tmp_path / "m" / folder / ".hydra" / "overrides.yaml").is_file()  # written under the lock
 
 
 def test_a_protocol_sweep_over_shots_as_typed(tmp_path):
@@ -134,6 +142,7 @@ def run(monkeypatch, *overrides: str) -> None:
         ("shots=-1", "shots=-1 is not a number of labelled images per class: use 0 (zero-shot), a positive"),
         ("shots=0", "shots=0 is zero-shot evaluation, which trains nothing: use mode=zero, or shots=1,"),
         ("seed=abc", "seed=abc is not an integer (the paper's seeds are 3, 30 and 300)"),
+        ("seed=-3", "seed=-3 is out of range: use an integer from 0 to 4294967295 (the paper's seeds are 3,"),
         ("resume=maybe", "resume=maybe is not one of false, true or auto"),
         ("trainer.max_steps=-5", "trainer.max_steps=-5 is not a number of optimiser steps: use a positive"),
         ("data.batch_size=0", "data.batch_size=0 is not a positive integer"),
@@ -149,6 +158,21 @@ def test_bad_config_values_stop_with_one_sentence(tmp_path, monkeypatch, capsys,
     lines = [line for line in err.splitlines() if line.startswith("adapt: error:")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
-    # the folder says what happened, as for any failed run
+    # the folder says what happened, as for any failed run, and its run.log has the sentence
     results = next(tmp_path.rglob("results.json"))
     assert json.loads(results.read_text())["status"] == "failed"
+    assert message in (results.parent / "run.log").read_text()
+    assert (results.parent / ".hydra" / "config.yaml").is_file()
+
+
+def test_zero_shot_at_other_shots_stops_with_one_sentence(tmp_path, monkeypatch, capsys):
+    """`shots=all mode=zero` used to write a second folder holding the same zero-shot result."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(monkeypatch, "mode=zero", "shots=all", *DEMO_SMALL)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("adapt: error:")] == [
+        "adapt: error: shots=all with mode=zero, which trains nothing, is the shots=0 evaluation again in a "
+        "folder of its own: use shots=0 with mode=zero"
+    ]

@@ -602,6 +602,7 @@ def test_a_job_killed_mid_run_is_reported_where_and_when_it_started(tmp_path):
     from adapt.report import build_report, render_markdown
 
     md = render_markdown(build_report(run_dir.parents[3], paper=None))
-    assert "## Running or interrupted jobs (1)" in md
+    assert "## Died jobs (the process is gone: killed, out of memory or out of time) (1)" in md
+    assert f"pid {proc.pid} on {socket.gethostname()} is no longer running" in md
     assert f"started {record['started_at']} on {socket.gethostname()} (pid {proc.pid})" in md
     assert "demo/prompt/shots1_seed3" in md

@@ -54,13 +54,29 @@ def load_coco_json(
     data = read_json(path)
     validate_coco(data, path)
     if drop_background and any(c["id"] == 0 for c in data["categories"]):
-        dropped = sum(1 for a in data["annotations"] if a["category_id"] == 0)
-        data = dict(data)
-        data["categories"] = [c for c in data["categories"] if c["id"] != 0]
-        data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 0]
-        log.info("%s: dropped background category 0 (%d annotations)", path, dropped)
+        data = _drop_background(data, path)
     if fix:
         data = fix_boxes(data, path, recorded_sizes(data), split=split)
+    return data
+
+
+def _drop_background(data: Json, path: Path) -> Json:
+    """Category 0 and its boxes removed; boxes are real data, so dropping some is a warning."""
+    name = next(c["name"] for c in data["categories"] if c["id"] == 0)
+    dropped = sum(1 for a in data["annotations"] if a["category_id"] == 0)
+    data = dict(data)
+    data["categories"] = [c for c in data["categories"] if c["id"] != 0]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 0]
+    if dropped:
+        warnings.warn(
+            f"{path}: category 0 ({name!r}) was dropped as Roboflow's background category together with its "
+            f"{dropped} annotations, because the task sets drop_background: true; if it is a real category, "
+            "set task.drop_background=false to keep it",
+            DataWarning,
+            stacklevel=3,
+        )
+    else:
+        log.info("%s: dropped background category 0 (%r, no annotations)", path, name)
     return data
 
 
@@ -163,6 +179,14 @@ def validate_coco(data: Any, path: Path) -> None:
     for img in data["images"]:
         if not isinstance(img, dict) or not {"id", "file_name"} <= img.keys():
             raise DataError(f"{path}: image entry without id/file_name: {str(img)[:200]}")
+        if not _integer(img["id"]):
+            # Detections are matched to images by id (COCOeval, results files); a string id used to
+            # pass here and then fail inside a DataLoader worker, after training had started.
+            raise DataError(
+                f"{path}: image {img['file_name']!r} has id {img['id']!r}, not an integer; COCO image ids "
+                "are integers: number the images 1, 2, ... and set each annotation's image_id to its "
+                "image's number"
+            )
         if img["id"] in image_ids:
             raise DataError(f"{path}: duplicate image id {img['id']}")
         image_ids.add(img["id"])
@@ -170,6 +194,8 @@ def validate_coco(data: Any, path: Path) -> None:
     for cat in data["categories"]:
         if not isinstance(cat, dict) or not {"id", "name"} <= cat.keys():
             raise DataError(f"{path}: category entry without id/name: {str(cat)[:200]}")
+        if not _integer(cat["id"]):
+            raise DataError(f"{path}: category {cat['name']!r} has id {cat['id']!r}, not an integer")
         if cat["id"] in cat_ids:
             raise DataError(f"{path}: duplicate category id {cat['id']}")
         cat_ids.add(cat["id"])
@@ -197,6 +223,10 @@ def validate_coco(data: Any, path: Path) -> None:
             or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)
         ):
             raise DataError(f"{path}: annotation {aid} has an invalid bbox {box!r} (need 4 finite numbers)")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def unreadable_images_error(problems: Sequence[str], where: str) -> DataError:

@@ -91,7 +91,7 @@ class Task:
     caption_prompts: list[CaptionPrompt | None] | None
     splits: dict[str, SplitFiles]
     fewshot_files: dict[str, str | None] = field(default_factory=dict)
-    drop_background: bool = True
+    drop_background: bool = False  # only where the task config says so (Roboflow exports)
     check_names: bool = True
     max_dets: int = 100
     _cache: dict[Path, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
@@ -112,13 +112,13 @@ class Task:
         """One line saying which file (and which sampling) a split comes from, for logs and results."""
         split = self._check_split(split)
         shots = normalize_shots(shots)
-        files = self._files(split)
+        json_file, _ = self._files(split)
         if split == "test" or shots == "all" or (shots == 0 and split == "val"):
-            return str(files.json)
+            return str(json_file)
         prepared = self.prepared_file(split, shots, seed)
         if prepared is not None:
             return f"{prepared} (official prepared {shots}-shot split)"
-        return f"{files.json} sampled to {shots} shots with seed {seed} (adapt.fewshot)"
+        return f"{json_file} sampled to {shots} shots with seed {seed} (adapt.fewshot)"
 
     def dataset(
         self,
@@ -137,19 +137,19 @@ class Task:
         shots = normalize_shots(shots)
         if split == "train" and shots == 0:
             raise ValueError("shots=0 is zero-shot: there is no training set; evaluate val/test only")
-        files = self._files(split)
-        ann_file, label = files.json, split
+        json_file, image_dir = self._files(split)
+        ann_file, label = json_file, split
         if split != "test" and isinstance(shots, int) and shots > 0:
             prepared = self.prepared_file(split, shots, seed)
             if prepared is not None:
                 ann_file, data = prepared, self._load(prepared, split)
             else:
                 data = fewshot.sample_fewshot(
-                    self._load(files.json, split), shots, seed, source=f"{files.json} ({split})"
+                    self._load(json_file, split), shots, seed, source=f"{json_file} ({split})"
                 )
             label = f"{split}, {shots}-shot, seed {seed}"
         else:
-            data = self._load(files.json, split)
+            data = self._load(json_file, split)
         train = split == "train"
         if isinstance(transforms, str) and transforms == "default":
             transforms = build_transforms(train)
@@ -157,7 +157,7 @@ class Task:
         return CocoDetection(
             data,
             ann_file=ann_file,
-            image_dir=files.image_dir,
+            image_dir=image_dir,
             category_ids=self.category_ids,
             train=train,
             transforms=transforms,
@@ -170,11 +170,12 @@ class Task:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return split
 
-    def _files(self, split: str) -> SplitFiles:
+    def _files(self, split: str) -> tuple[Path, Path]:
+        """(annotation file, image folder) of a configured split (a configured json has both)."""
         files = self.splits[split]
-        if files.json is None:
+        if files.json is None or files.image_dir is None:
             raise DataError(f"task {self.id}: no {split} annotation file configured (task.{split}_json)")
-        return files
+        return files.json, files.image_dir
 
     def _load(self, path: Path, split: str) -> dict[str, Any]:
         """Load (once) and check that the file's categories are the task's label space."""
@@ -267,6 +268,37 @@ def _prompts(
     return names, prompts
 
 
+def _check_distinct(
+    task_id: str,
+    ids: Sequence[int],
+    raw_names: Sequence[str],
+    names: Sequence[str],
+    splits: Mapping[str, SplitFiles] | None,
+) -> None:
+    """Refuse two categories under one name: their boxes would share one caption phrase (the model
+    cannot tell them apart) and one per-category AP key (one would overwrite the other)."""
+    for which, listed in (("named", raw_names), ("renamed", names)):
+        seen: dict[str, int] = {}
+        for cat_id, name in zip(ids, listed, strict=True):
+            if name not in seen:
+                seen[name] = cat_id
+                continue
+            where = (
+                next(str(f.json) for f in splits.values() if f.json is not None and f.json.is_file())
+                if splits is not None and which == "named"
+                else "the task config"
+            )
+            fix = (
+                "task.renames maps two names to it: rename them apart"
+                if which == "renamed"
+                else "give them distinct names there (or merge them into one category)"
+            )
+            raise DataError(
+                f"task {task_id}: categories {seen[name]} and {cat_id} are both {which} {name!r} in {where}, "
+                f"so their prompt phrase and their AP would merge: {fix}"
+            )
+
+
 def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
     """Build a Task from a `conf/task/**.yaml` node (e.g. `cfg.task`); cheap unless it must read categories.
 
@@ -283,7 +315,7 @@ def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
     if is_grounding_config(c):
         return build_grounding_task(c, root)
     splits = _split_files(c, root)
-    drop_background = bool(c.get("drop_background", True))
+    drop_background = bool(c.get("drop_background", False))
     if c.get("categories"):
         raw_names = [str(n) for n in c["categories"]]
         ids = [int(i) for i in c.get("category_ids") or range(1, len(raw_names) + 1)]
@@ -294,6 +326,7 @@ def build_task(cfg: Mapping[str, Any] | DictConfig) -> Task | GroundingTask:
         ids, raw_names = _categories_from_json(splits, drop_background)
         check_names = False
     class_names, caption_prompts = _prompts(c, raw_names, task_id)
+    _check_distinct(task_id, ids, raw_names, class_names, splits if not c.get("categories") else None)
     return Task(
         id=task_id,
         name=str(c.get("name") or task_id),

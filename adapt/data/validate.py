@@ -54,14 +54,27 @@ def _decode(path: Path) -> str | None:
     return None
 
 
+def empty_split_error(ds: CocoDetection | GroundingDataset) -> DataError:
+    """A split without images: the run would train, then fail where it evaluates it."""
+    key = ds.split.split(",")[0]
+    purpose = "train on" if key == "train" else "evaluate"
+    return DataError(
+        f"{ds.where} lists no images, so the run has nothing to {purpose}: "
+        f"point task.{key}_json at an annotation file that lists the {key} images"
+    )
+
+
 def check_images(
     datasets: Iterable[CocoDetection | GroundingDataset], threads: int | None = None
 ) -> ImageCheck:
-    """Decode every image the given splits read (each file once); raise a DataError on the first
-    unreadable one, naming the file, its annotation file and split, and counting the others."""
+    """Decode every image the given splits read (each file once); raise a DataError on an empty
+    split, or on the first unreadable image, naming the file, its annotation file and split, and
+    counting the others."""
     owner: dict[Path, CocoDetection | GroundingDataset] = {}
     splits = []
     for ds in datasets:
+        if len(ds) == 0:
+            raise empty_split_error(ds)
         splits.append(ds.split)
         for i in range(len(ds)):
             owner.setdefault(ds.image_path(i), ds)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapt.atomic import write_json
+from adapt.imagefiles import drawn_paths, expand_images
 
 PROG = "python -m adapt.deploy"
 
@@ -68,13 +69,16 @@ def _export(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from adapt.deploy.runtime import DeployedDetector, draw, to_coco
 
+    images = expand_images(args.images)
     detector = DeployedDetector(args.detector, threads=args.threads)
-    results = detector.predict(args.images, batch_size=args.batch_size)
+    results = detector.predict(images, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(to_coco(args.images, results, detector.class_names), out / "detections.json", indent=1)
-    for path, res in zip(args.images, results, strict=True):
-        draw(path, res, out, args.threshold)
+    drawn = drawn_paths(images, out)
+    coco = to_coco(images, results, detector.class_names, drawn)
+    write_json(coco, out / "detections.json", indent=1)
+    for path, res, target in zip(images, results, drawn, strict=True):
+        draw(path, res, target, args.threshold)
     total = sum(len(r) for r in results)
     print(f"{total} detections in {len(results)} images -> {out / 'detections.json'}")
     return 0
@@ -98,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
         e.add_argument(flag, type=kind, help=f"{what} (default: the export's, else the model's)")
     r = sub.add_parser("predict", help="detect with a deployed file (numpy, Pillow, onnxruntime only)")
     r.add_argument("detector", help="the .onnx file written by export")
-    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("images", nargs="+", help="image files or folders (a folder: the images in it)")
     r.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     r.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing (default 0.3)")
     r.add_argument("--batch-size", type=int, default=1)

@@ -9,7 +9,8 @@ Tracing GLIP takes a minute or more of CPU; the weights do not change the graph,
 per structure (module types, tensor shapes, deformable-conv form) and reused by every later export
 of the same structure in the process, with the new weights applied by name
 (``ONNXProgram.apply_weights``): exporting several runs of one model costs one trace. The graph is
-saved unoptimised (every weight stays an initializer under its parameter name); onnxruntime folds
+saved unoptimised (every weight stays an initializer under its parameter name), without the
+exporter's per-node records of the traced Python (``strip_trace_records``); onnxruntime folds
 constants when it loads the file.
 
 Every file is checked before it is written: onnxruntime runs it on a probe image and its outputs
@@ -42,6 +43,10 @@ from adapt.model.language import TextFeatures
 from adapt.model.postprocess import class_scores
 
 OPSET = 19  # the first with DeformConv
+# The version of the graph adapt exports: raised whenever a change to DeployedGLIP, the deformable
+# convolution's forms, the baked text or the outputs changes what a new file computes or holds
+# (recorded as ``graph_version``; tests/fixtures/deploy is rebuilt when it moves).
+GRAPH_VERSION = 1
 INPUT_NAME = "images"
 MAX_SIDE = 4096
 MAX_BATCH = 256
@@ -128,6 +133,27 @@ def _program(model: DeployedGLIP, sizes: dict[str, dict[str, int]], implementati
     return program
 
 
+def strip_trace_records(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what the exporter records about the Python it traced, per node and value (stack traces
+    with this machine's paths, module names, FX nodes): most of a small model's file, and nothing
+    a runtime reads. The graph, its names and its weights are unchanged."""
+
+    def strip(graph: onnx.GraphProto) -> None:
+        del graph.metadata_props[:]
+        for items in (graph.node, graph.value_info, graph.input, graph.output, graph.initializer):
+            for item in items:
+                del item.metadata_props[:]
+        for node in graph.node:  # subgraphs (If, Loop, Scan), where there are any
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    strip(attr.g)
+                for sub in attr.graphs:
+                    strip(sub)
+
+    strip(proto.graph)
+    return proto
+
+
 def probe_image(sizes: dict[str, dict[str, int]]) -> torch.Tensor:
     """A fixed, smooth, normalised-looking image at the smallest accepted size (+ one block of width)."""
     h, w = sizes["height"]["min"], sizes["width"]["min"] + sizes["width"]["multiple"]
@@ -196,6 +222,7 @@ def metadata(
     return {
         "format": FORMAT,
         "version": VERSION,
+        "graph_version": GRAPH_VERSION,
         "adapt_version": adapt.__version__,
         "exported_with": {
             "torch": torch.__version__,
@@ -251,7 +278,7 @@ def export_onnx(
             f"export with --min-size {smallest + 1} or more"
         )
     program = _program(model, sizes, deform_conv)
-    proto = program.model_proto
+    proto = strip_trace_records(program.model_proto)
     meta = metadata(source, model, sizes, deform_conv)
     meta["verification"] = verify(proto, source, sizes)
     onnx.helper.set_model_props(proto, {METADATA_KEY: dumps(meta)})

@@ -3,7 +3,9 @@
 An ONNX file carries string key/value pairs (``metadata_props``); adapt writes one of them,
 ``adapt.deploy``, a JSON object (sorted keys) with:
 
-* ``format``/``version``/``adapt_version``, the exporter's library versions and the opset;
+* ``format``/``version`` (this layout), ``graph_version`` (the graph adapt exports,
+  ``export.GRAPH_VERSION``: informative, the runtime reads the graph's fields below),
+  ``adapt_version``, the exporter's library versions and the opset;
 * ``source``: what was deployed (an export's mode, task, base model and every file's SHA-256, or
   the model name and checkpoint identity of a class list);
 * ``caption``, ``class_names``, ``labels`` (1-based), ``label_to_tokens`` (what the graph's class

@@ -192,9 +192,13 @@ class DeployedDetector:
 
 
 def to_coco(
-    images: Sequence[str | os.PathLike[str]], results: Sequence[Detections], names: Sequence[str]
+    images: Sequence[str | os.PathLike[str]],
+    results: Sequence[Detections],
+    names: Sequence[str],
+    drawn: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
-    """The COCO file ``adapt.predict`` writes: xywh with the +1 convention, rounded as adapt rounds."""
+    """The COCO file ``adapt.predict`` writes: xywh with the +1 convention, rounded as adapt rounds,
+    each input's drawn copy as ``images[].drawn``."""
     coco: dict[str, Any] = {
         "images": [],
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
@@ -202,7 +206,10 @@ def to_coco(
     }
     for image_id, (path, res) in enumerate(zip(images, results, strict=True), start=1):
         h, w = res.image_size
-        coco["images"].append({"id": image_id, "file_name": str(path), "height": h, "width": w})
+        entry = {"id": image_id, "file_name": str(path), "height": h, "width": w}
+        if drawn is not None:
+            entry["drawn"] = drawn[image_id - 1].name
+        coco["images"].append(entry)
         b = res.boxes
         xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0] + F32(1), b[:, 3] - b[:, 1] + F32(1)], axis=-1)
         for (x1, y1, bw, bh), score, label in zip(
@@ -222,8 +229,9 @@ def to_coco(
     return coco
 
 
-def draw(path: str | os.PathLike[str], result: Detections, out: Path, threshold: float) -> Path:
-    """The image with its detections above ``threshold`` drawn (as ``adapt.predict`` draws them)."""
+def draw(path: str | os.PathLike[str], result: Detections, target: Path, threshold: float) -> Path:
+    """The image with its detections above ``threshold`` drawn (as ``adapt.predict`` draws them),
+    saved at ``target`` (never an input: :func:`adapt.imagefiles.drawn_paths` names it)."""
     image = read_image(path)
     canvas = ImageDraw.Draw(image)
     for box, score, label, name in zip(
@@ -234,6 +242,5 @@ def draw(path: str | os.PathLike[str], result: Detections, out: Path, threshold:
         color = COLORS[(int(label) - 1) % len(COLORS)]
         canvas.rectangle(box, outline=color, width=2)
         canvas.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
-    target = out / f"{Path(path).stem}.jpg"
     image.save(target, quality=90)
     return target

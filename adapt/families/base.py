@@ -316,7 +316,7 @@ class DetectorFamily(nn.Module, ABC):
             assert out.loss is not None and out.losses is not None
             return {**out.losses, "total": out.loss}
         out = self.run(batch, prompt, features)
-        return decode(  # type: ignore[return-value]
+        return decode(
             out.logits,
             out.boxes,
             prompt.label_to_tokens,

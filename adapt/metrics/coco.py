@@ -15,7 +15,7 @@ import contextlib
 import io
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -82,13 +82,103 @@ def detections_to_coco(
     return results
 
 
+def _trailing_parts(name: str) -> tuple[str, ...]:
+    """A file name's path components, last first, separators of either system."""
+    return tuple(reversed(PureWindowsPath(name).as_posix().split("/")))
+
+
+def _common_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def match_images(images: Sequence[Mapping[str, Any]], gt: COCO, source: str) -> dict[Any, int]:
+    """Map a detection file's image ids to the ground truth's, by file name.
+
+    ``adapt.predict`` numbers its inputs 1..N in command-line order: those ids say nothing about the
+    ground truth's, which may be 1..N in another order. Each image is matched to the ground-truth
+    image with the same base name, and where several share it, the one sharing the most trailing
+    path components (``images/val/a.png`` against ``val/a.png``). An image with no match, with
+    several equally good ones, or whose match is another image's, raises a DataError in one sentence.
+    """
+    by_name: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+    for img in gt.dataset.get("images", []):
+        parts = _trailing_parts(str(img.get("file_name", "")))
+        by_name.setdefault(parts[0], []).append((parts, int(img["id"])))
+    mapping: dict[Any, int] = {}
+    unmatched: list[str] = []
+    ambiguous: list[str] = []
+    owner: dict[int, str] = {}
+    for img in images:
+        name = img.get("file_name") if isinstance(img, Mapping) else None
+        if not isinstance(name, str) or not name or "id" not in img:
+            raise DataError(f"{source}: image entry {str(img)[:200]} lacks an id or a file_name to match by")
+        parts = _trailing_parts(name)
+        candidates = by_name.get(parts[0], [])
+        if not candidates:
+            unmatched.append(name)
+            continue
+        scores = [_common_tail(parts, c) for c, _ in candidates]
+        best = [gid for (_, gid), sc in zip(candidates, scores, strict=True) if sc == max(scores)]
+        if len(best) > 1:
+            ambiguous.append(name)
+            continue
+        if best[0] in owner:
+            raise DataError(
+                f"{source}: images {owner[best[0]]!r} and {name!r} both match ground-truth image "
+                f"{gt.imgs[best[0]].get('file_name')!r} (id {best[0]}) by file name, so their "
+                "detections cannot be told apart: give the inputs distinct file names"
+            )
+        owner[best[0]] = name
+        mapping[img["id"]] = best[0]
+    if unmatched or ambiguous:
+        what = []
+        if unmatched:
+            what.append(
+                f"{len(unmatched)} have no image of that name in the ground truth (e.g. {unmatched[0]!r})"
+            )
+        if ambiguous:
+            what.append(f"{len(ambiguous)} match several ground-truth images equally (e.g. {ambiguous[0]!r})")
+        raise DataError(
+            f"{source}: {len(unmatched) + len(ambiguous)} of its {len(images)} images cannot be matched to "
+            f"the ground truth by file name ({'; '.join(what)}), and its image ids number its own inputs, "
+            "so its AP would be meaningless: predict on the ground truth's own images (their file names)"
+        )
+    return mapping
+
+
+def _match_categories(categories: Any, gt: COCO) -> dict[int, int] | None:
+    """Category ids by name where every category of the file names a ground-truth one, else None
+    (the ids are taken as they are: an export's prompt names may be renamed from the file's)."""
+    if not isinstance(categories, list) or not categories:
+        return None
+    gt_ids = {str(c.get("name")): int(c["id"]) for c in gt.dataset.get("categories", [])}
+    try:
+        names = {int(c["id"]): str(c["name"]) for c in categories}
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(n in gt_ids for n in names.values()):
+        return None
+    return {cid: gt_ids[n] for cid, n in names.items()}
+
+
 def _load_detections(
     detections: Sequence[Mapping[str, Any]] | str | Path,
+    gt: COCO | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
+    """The results list. A COCO *file* with ``images`` (``adapt.predict``'s ``detections.json``) has
+    its image ids mapped to ``gt``'s by file name, and its category ids by name where all match."""
+    images: list[Any] | None = None
+    categories: Any = None
     if isinstance(detections, str | Path):
         data = read_json(detections)
         source = str(detections)
         if isinstance(data, dict) and "annotations" in data:
+            images, categories = data.get("images"), data.get("categories")
             data = data["annotations"]
     else:
         data, source = detections, "detections"
@@ -99,7 +189,19 @@ def _load_detections(
             raise DataError(f"{source}: result {i} lacks image_id/category_id/bbox/score: {str(det)[:200]}")
         if not isinstance(det["bbox"], list | tuple) or len(det["bbox"]) != 4:
             raise DataError(f"{source}: result {i} has an invalid bbox {det['bbox']!r}")
-    return [dict(d) for d in data], source
+    dets = [dict(d) for d in data]
+    if gt is not None and isinstance(images, list):
+        ids = match_images(images, gt, source)
+        orphans = sorted({str(d["image_id"]) for d in dets} - {str(k) for k in ids})
+        if orphans:
+            raise DataError(f"{source}: results for image ids its images list does not have: {orphans[:10]}")
+        as_listed = {str(k): v for k, v in ids.items()}
+        cats = _match_categories(categories, gt)
+        for d in dets:
+            d["image_id"] = as_listed[str(d["image_id"])]
+            if cats is not None and d["category_id"] in cats:
+                d["category_id"] = cats[d["category_id"]]
+    return dets, source
 
 
 def _detections_coco(gt: COCO, dets: list[dict[str, Any]], source: str) -> COCO:
@@ -136,7 +238,7 @@ def evaluate(
     """
     if not isinstance(gt, COCO):
         gt = coco_from_dict(load_coco_json(gt))
-    dets, source = _load_detections(detections)
+    dets, source = _load_detections(detections, gt)
     coco_dt = _detections_coco(gt, dets, source)
     evaluator = COCOeval(gt, coco_dt, iouType="bbox")
     evaluator.params.maxDets = [1, 10, max_dets]

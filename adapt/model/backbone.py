@@ -14,6 +14,8 @@ adds what GLIP does differently:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,7 +58,7 @@ class DropBlock2d(nn.Module):
 
 def _hf_swin_config(cfg: SwinConfig) -> HFSwinConfig:
     n = len(cfg.depths)
-    return HFSwinConfig(
+    return HFSwinConfig(  # type: ignore[call-arg]  # out_features: the backbone mixin's keyword
         patch_size=4,
         num_channels=3,
         embed_dim=cfg.embed_dim,
@@ -84,10 +86,11 @@ class SwinBody(SwinBackbone):
         super().__init__(_hf_swin_config(cfg))
         # The official backbone has no final LayerNorm after the last stage (only the per-stage
         # output norms), so it is not a parameter here either.
-        self.swin.layernorm = nn.Identity()
+        self.swin.layernorm = nn.Identity()  # type: ignore[assignment]
         # Official Swin block: x = x + drop_path(attn(norm1(x))); x = x + drop_path(mlp(norm2(x))).
         # transformers applies drop_path to the attention branch only: add it on the MLP output.
         # The same module draws an independent mask on each call, as the official block does.
+        stage: Any
         for stage in self.swin.encoder.layers:
             for block in stage.blocks:
                 if not isinstance(block.drop_path, nn.Identity):
@@ -130,7 +133,7 @@ class FPN(FeaturePyramidNetwork):
         super().__init__(in_channels, out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels))
         self.drop_block = DropBlock2d(drop_prob, block_size)
 
-    def forward(self, features: list[Tensor]) -> list[Tensor]:  # type: ignore[override]
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
         """Stage maps (finest first) -> [P3, P4, P5, P6, P7]."""
         last_inner = self.inner_blocks[-1](features[-1])
         results = [self.layer_blocks[-1](last_inner)]

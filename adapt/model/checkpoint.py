@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -79,16 +79,32 @@ _FPN_BLOCK = re.compile(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.0\.")
 _STAGE_NORM = re.compile(r"^backbone\.body\.hidden_states_norms\.stage(\d+)\.")
 
 
+# Parameters the model has but never uses (the official constructor keeps the legacy class-logit
+# layer; GLIP scores by text alignment), so a file without them lacks nothing: a full fine-tune's
+# export leaves them out, and a load report calls them "unused", not "missing".
+UNUSED_KEYS = re.compile(r"^head\.cls_logits\.")
+
+
 @dataclass
 class LoadReport:
-    """What a load did. ``missing``: adapt names left at their init; ``unexpected``: checkpoint keys
-    (as named in the file) that were not used; ``notes``: deliberate deviations worth knowing."""
+    """What a load did. ``missing``: adapt names left at their init; ``unused``: names the model
+    never uses, absent from the file and left at init (:data:`UNUSED_KEYS`); ``unexpected``:
+    checkpoint keys (as named in the file) that were not used; ``notes``: deliberate deviations."""
 
     file: str
     format: str
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sort_unused()
+
+    def sort_unused(self) -> None:
+        """Move never-used names from ``missing`` to ``unused``."""
+        self.unused += [k for k in self.missing if UNUSED_KEYS.match(k)]
+        self.missing = [k for k in self.missing if not UNUSED_KEYS.match(k)]
 
     @property
     def ok(self) -> bool:
@@ -98,6 +114,11 @@ class LoadReport:
         lines = [f"loaded {self.format} checkpoint {self.file}"]
         if self.missing:
             lines.append(f"  missing ({len(self.missing)}, left at init): {', '.join(self.missing)}")
+        if self.unused:
+            lines.append(
+                f"  unused by the model ({len(self.unused)}, not in the file, left at init): "
+                f"{', '.join(self.unused)}"
+            )
         if self.unexpected:
             lines.append(f"  unexpected ({len(self.unexpected)}, ignored): {', '.join(self.unexpected)}")
         lines += [f"  note: {n}" for n in self.notes]
@@ -139,7 +160,7 @@ def _unwrap(obj: object, file: str) -> dict[str, Tensor]:
 
 def read_state_dict(
     path: str | Path,
-    extra_globals: list[object] = (),  # type: ignore[assignment]
+    extra_globals: Sequence[Any] = (),
 ) -> tuple[dict[str, Tensor], str, dict[str, str]]:
     """(state dict, format "official" | "adapt", metadata) of a file, chosen by its suffix.
 
@@ -394,6 +415,7 @@ def apply_state_dict(
             report.notes.append("the file was saved from a model with a different GLIPConfig")
     else:
         mapped, report = official_to_adapt(sd, expected, model.cfg, file)
+    report.sort_unused()
     if strict and not report.ok:
         raise CheckpointError(str(report))
     result = model.load_state_dict(mapped, strict=False)

@@ -137,7 +137,7 @@ class GLIPConfig:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             sub = d.pop(f.name, None)
-            sub_cls = f.default_factory  # type: ignore[misc]
+            sub_cls: Any = f.default_factory  # every section is a dataclass with a default factory
             if sub is None:
                 kwargs[f.name] = sub_cls()
                 continue

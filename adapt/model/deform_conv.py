@@ -29,6 +29,8 @@ neither torch nor torchvision offers a fast CPU path for this op; ``F.grid_sampl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -79,8 +81,8 @@ class _SampledDeformConv(torch.autograd.Function):
     bilinear weights' element-wise derivative for offsets and mask)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: Any,
         x: Tensor,
         offset: Tensor,
         mask: Tensor,
@@ -89,19 +91,19 @@ class _SampledDeformConv(torch.autograd.Function):
         stride: int,
     ) -> Tensor:
         ctx.save_for_backward(x, offset, mask, weight)
-        ctx.stride = stride  # type: ignore[attr-defined]
+        ctx.stride = stride
         return _sampled_gemm(x, offset, mask, weight, bias, stride)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor) -> tuple:  # type: ignore[override]
-        x, offset, mask, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple:
+        x, offset, mask, weight = ctx.saved_tensors
         need_weight, need_bias = ctx.needs_input_grad[3:5]
         inputs = [
             t.detach().requires_grad_(need)
             for t, need in zip((x, offset, mask), ctx.needs_input_grad[:3], strict=True)
         ]
         with torch.enable_grad():
-            columns = _columns(*inputs, ctx.stride)  # type: ignore[attr-defined]
+            columns = _columns(inputs[0], inputs[1], inputs[2], ctx.stride)
         grad = grad_out.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])  # [B*Ho*Wo, Cout]
         grad_weight = grad_bias = None
         if need_weight:

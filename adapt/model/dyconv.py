@@ -110,16 +110,15 @@ class DyConv(nn.Module):
                 Conv3x3Norm(channels, channels, 2, groups),
             ]
         )
-        self.AttnConv = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, 1), nn.ReLU(inplace=True)
-        )
+        attn_conv = nn.Conv2d(channels, 1, 1)
+        self.AttnConv = nn.Sequential(nn.AdaptiveAvgPool2d(1), attn_conv, nn.ReLU(inplace=True))
         self.relu = DyReLU(channels)
         # 18 offsets (dy, dx interleaved per tap) + 9 mask logits; zero init = a plain conv at start.
         self.offset = nn.Conv2d(channels, 27, 3, padding=1)
-        nn.init.normal_(self.AttnConv[1].weight, std=0.01)
-        nn.init.zeros_(self.AttnConv[1].bias)
+        nn.init.normal_(attn_conv.weight, std=0.01)
+        nn.init.zeros_(attn_conv.bias)  # type: ignore[arg-type]  # built with a bias
         nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)
+        nn.init.zeros_(self.offset.bias)  # type: ignore[arg-type]
 
     def forward(self, visual: list[Tensor]) -> list[Tensor]:
         out = []

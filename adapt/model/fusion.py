@@ -19,9 +19,20 @@ are padding in every image are skipped, and evaluation updates the largest tenso
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+
+class ImageTokens(Protocol):
+    """Extra image-side tokens of one attention (SDPT's, ``adapt.model.fusion_prompt.FusionPrompt``)."""
+
+    def extend(self, v_proj: nn.Linear, v: Tensor) -> Tensor:
+        """``v`` [B, N, v_dim] with the tokens appended, [B, N + K, v_dim]."""
+        ...
+
 
 CLAMP = 50000.0
 MASK_VALUE = -9e15
@@ -50,9 +61,19 @@ class BiMultiHeadAttention(nn.Module):
         for proj in [*projections, self.out_v_proj, self.out_l_proj]:
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
+        # SDPT's fusion-space tokens (adapt.model.fusion_prompt), only when a mode adds them.
+        self.fusion_prompt: ImageTokens | None = None
 
     def forward(self, v: Tensor, l: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """v [B, N, v_dim] image, l [B, T, l_dim] text, mask [B, T] -> (delta_v, delta_l)."""
+        if self.fusion_prompt is not None:
+            # The tokens join the image sequence for the attention; their own rows are cut off.
+            n = v.shape[1]
+            delta_v, delta_l = self._attend(self.fusion_prompt.extend(self.v_proj, v), l, mask)
+            return delta_v[:, :n], delta_l
+        return self._attend(v, l, mask)
+
+    def _attend(self, v: Tensor, l: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         image_side = (self.v_proj, self.values_v_proj, self.out_v_proj)
         if all(type(proj) is nn.Linear for proj in image_side):
             return self._folded(v, l, mask)

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from adapt.model.anchors import AnchorGenerator
 from adapt.model.backbone import Backbone
 from adapt.model.config import GLIPConfig
+from adapt.model.context_prompt import ContextPrompt
+from adapt.model.ensemble import combine_prompts, label_maps_of
 from adapt.model.head import VLDyHead
 from adapt.model.language import TextFeatures, build_language_backbone, encode_text
 from adapt.model.loss import ATSSLoss
@@ -48,6 +50,8 @@ class GLIP(nn.Module):
         # Official prompt tuning (tunable_linear): absent until enable_prompt_tuning().
         self.prompt_offset: nn.Parameter | None
         self.register_parameter("prompt_offset", None)
+        # Learned context vectors in BERT's input (CoOp, adapt.model.context_prompt), when a mode adds them.
+        self.context_prompt: ContextPrompt | None = None
 
     def enable_prompt_tuning(self) -> nn.Parameter:
         """Add the official prompt-tuning offset (``tunable_linear``), zero-initialised.
@@ -63,17 +67,24 @@ class GLIP(nn.Module):
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """BERT features of tokenised prompts [B, L]; reusable across images of the same prompt."""
+        if self.context_prompt is not None:
+            return self.context_prompt.encode(self.language_backbone, input_ids, attention_mask)
         return encode_text(self.language_backbone, input_ids, attention_mask)
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """Every parameter :meth:`encode_text` reads: its output can be reused while none trains."""
+        context = list(self.context_prompt.parameters()) if self.context_prompt is not None else []
+        return [*self.language_backbone.parameters(), *context]
 
     def forward(
         self,
         images: Tensor,
         image_sizes: Sequence[tuple[int, int]],
-        text: TextFeatures | None = None,
+        text: TextFeatures | Sequence[TextFeatures] | None = None,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         targets: Sequence[Mapping[str, Any]] | None = None,
-        label_to_tokens: Mapping[int, Sequence[int]] | None = None,
+        label_to_tokens: Mapping[int, Sequence[int]] | Sequence[Mapping[int, Sequence[int]]] | None = None,
         features: list[Tensor] | None = None,
         fused: tuple[list[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
@@ -82,7 +93,8 @@ class GLIP(nn.Module):
         Args:
             images: [B, 3, H, W] from ``preprocess.batch_images`` (H, W multiples of 32).
             image_sizes: un-padded (h, w) per image (box clipping).
-            text: precomputed ``encode_text`` output; else ``input_ids``/``attention_mask`` [B, L].
+            text: precomputed ``encode_text`` output; else ``input_ids``/``attention_mask`` [B, L]. A
+                list (with one ``label_to_tokens`` per prompt) detects with a prompt ensemble.
             targets: per image dict(boxes=[n, 4] xyxy (+1 convention), and positive_map=[n, L]
                 binary token targets, or labels=[n] turned into one through ``label_to_tokens``).
             label_to_tokens: label (1-based) -> token positions of its phrase; scores a class as the
@@ -91,6 +103,8 @@ class GLIP(nn.Module):
             fused: the tower's (visual maps, token features) for ``images`` and ``text``, computed
                 before (skips the backbone and the tower; ``adapt.train.feature_cache``).
         """
+        if isinstance(text, Sequence) or isinstance(label_to_tokens, Sequence):  # a prompt ensemble
+            return self._ensemble(images, image_sizes, text, label_to_tokens, features, targets, fused)
         if text is None:
             if input_ids is None or attention_mask is None:
                 raise ValueError("GLIP.forward needs `text` or `input_ids` and `attention_mask`")
@@ -122,6 +136,40 @@ class GLIP(nn.Module):
             list(image_sizes),
             {int(k): list(v) for k, v in label_to_tokens.items()},
         )
+
+    def _ensemble(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        text: TextFeatures | Sequence[TextFeatures] | None,
+        label_to_tokens: Mapping[int, Sequence[int]] | Sequence[Mapping[int, Sequence[int]]] | None,
+        features: list[Tensor] | None,
+        targets: Sequence[Mapping[str, Any]] | None,
+        fused: tuple[list[Tensor], Tensor] | None,
+    ) -> list[dict[str, Tensor]]:
+        """:meth:`forward` with a list of texts and one label map per text (same labels): a prompt
+        ensemble, detections combined at the class-score level (``adapt.model.ensemble``), inference only."""
+        if (
+            not isinstance(text, Sequence)
+            or isinstance(label_to_tokens, Mapping)
+            or label_to_tokens is None
+            or targets is not None
+            or fused is not None
+        ):
+            raise ValueError(
+                "a prompt ensemble (a list of text features) detects only: give one label_to_tokens "
+                "per prompt, and no targets or fused features (one text takes one label_to_tokens map)"
+            )
+        maps = label_maps_of(text, label_to_tokens)
+        if features is None:
+            features = self.backbone(images)  # once for all prompts
+        outputs = [
+            self.head(features, t.with_offset(self.prompt_offset) if self.prompt_offset is not None else t)
+            for t in text
+        ]
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=images.device)
+        bbox_reg, centerness, scores = combine_prompts(outputs, maps)
+        return self.postprocessor.forward_scores(bbox_reg, centerness, scores, anchors, list(image_sizes))
 
 
 def _with_positive_map(

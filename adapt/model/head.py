@@ -53,9 +53,7 @@ class LanguageLayer(BertLayer):
     ``adapt.model.language``); the mask is HF's extended additive mask of the tokenizer mask.
     """
 
-    def forward(  # type: ignore[override]
-        self, visual: list[Tensor], lang: Tensor, mask: Tensor
-    ) -> tuple[list[Tensor], Tensor]:
+    def forward(self, visual: list[Tensor], lang: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor]:
         return visual, super().forward(lang, additive_mask(mask, lang.dtype))
 
 
@@ -111,8 +109,8 @@ class VLDyHead(nn.Module):
         self.scales = nn.ModuleList([Scale(1.0) for _ in cfg.anchors.strides])
         for conv in (self.cls_logits, self.bbox_pred, self.centerness):
             nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
-        nn.init.constant_(self.cls_logits.bias, bias_value)
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # built with biases
+        nn.init.constant_(self.cls_logits.bias, bias_value)  # type: ignore[arg-type]
         self.cls_logits.requires_grad_(False)
 
     def tower(self, features: list[Tensor], text: TextFeatures) -> tuple[list[Tensor], Tensor]:

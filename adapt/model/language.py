@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -99,9 +100,9 @@ class TextFeatures:
         return TextFeatures(hidden=self.hidden + rows, mask=self.mask, embedded=self.embedded + rows)
 
 
-def bert_config(cfg: LanguageConfig, **overrides: object) -> BertConfig:
+def bert_config(cfg: LanguageConfig, **overrides: Any) -> BertConfig:
     """bert-base-uncased architecture at the sizes of ``cfg`` (dropout 0.1, LayerNorm eps 1e-12)."""
-    kwargs: dict[str, object] = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -129,11 +130,18 @@ def build_language_backbone(cfg: LanguageConfig) -> BertModel:
     return BertModel(bert_config(cfg, attn_implementation=BERT_ATTENTION), add_pooling_layer=False)
 
 
-def encode_text(bert: BertModel, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+def encode_text(
+    bert: BertModel, input_ids: Tensor, attention_mask: Tensor, inputs_embeds: Tensor | None = None
+) -> TextFeatures:
     """Token ids [B, L] -> ``TextFeatures`` (official ``BertEncoder`` with N_LAYERS = 1).
 
     token_type_ids are all zero, as in the official call. The mean of the last 1 layer is the last
-    layer itself, so no averaging is done.
+    layer itself, so no averaging is done. ``inputs_embeds`` [B, L, D] replaces the word embeddings
+    of ``input_ids`` (learned context vectors, ``adapt.model.context_prompt``); BERT adds the
+    position and token-type embeddings to them as it does to looked-up ones.
     """
+    if inputs_embeds is not None:
+        hidden = bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        return TextFeatures(hidden=hidden, mask=attention_mask)
     hidden = bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return TextFeatures(hidden=hidden, mask=attention_mask)

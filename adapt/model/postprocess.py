@@ -102,13 +102,26 @@ class PostProcessor(nn.Module):
         """Candidates of one level: per image (boxes [k, 4], scores [k], labels [k]), k <= pre_nms_top_n."""
         batch = bbox_reg.shape[0]
         num_classes = max(label_to_tokens, default=0)
-        deltas = bbox_reg.permute(0, 2, 3, 1).reshape(batch, -1, 4)  # [B, HW, 4], location = y*W + x
         ctr = centerness.reshape(batch, -1).sigmoid()  # [B, HW]
         scores = class_scores(dot_product_logits.sigmoid(), label_to_tokens, num_classes)  # [B, HW, C]
+        return self.select_level(bbox_reg, ctr, scores, anchors, image_sizes)
+
+    def select_level(
+        self,
+        bbox_reg: Tensor,
+        centerness_probs: Tensor,
+        scores: Tensor,
+        anchors: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """:meth:`forward_level` from class scores [B, HW, C] and centerness probabilities [B, HW]
+        (a prompt ensemble combines them over prompts first, ``adapt.model.ensemble``)."""
+        batch = bbox_reg.shape[0]
+        deltas = bbox_reg.permute(0, 2, 3, 1).reshape(batch, -1, 4)  # [B, HW, 4], location = y*W + x
         # Official order of operations: the threshold applies to the class score *before*
         # centerness, the ranking and the reported score use class score x centerness.
         candidates = scores > self.score_threshold  # [B, HW, C]
-        scores = scores * ctr[:, :, None]
+        scores = scores * centerness_probs[:, :, None]
 
         out = []
         for b in range(batch):
@@ -173,8 +186,30 @@ class PostProcessor(nn.Module):
             self.forward_level(r, c, d, a, image_sizes, label_to_tokens)
             for r, c, d, a in zip(bbox_reg, centerness, dot_product_logits, anchors, strict=True)
         ]
+        return self.select_over_levels(per_level, len(image_sizes))
+
+    def forward_scores(
+        self,
+        bbox_reg: Sequence[Tensor],
+        centerness_probs: Sequence[Tensor],
+        scores: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Detections from per-level class scores [B, HW, C] and centerness probabilities [B, HW]
+        instead of token logits (see :meth:`select_level`)."""
+        per_level = [
+            self.select_level(r, c, s, a, image_sizes)
+            for r, c, s, a in zip(bbox_reg, centerness_probs, scores, anchors, strict=True)
+        ]
+        return self.select_over_levels(per_level, len(image_sizes))
+
+    def select_over_levels(
+        self, per_level: Sequence[list[tuple[Tensor, Tensor, Tensor]]], batch: int
+    ) -> list[dict[str, Tensor]]:
+        """Each image's candidates of all levels, P3..P7 in order, through :meth:`select_over_all_levels`."""
         results = []
-        for b in range(len(image_sizes)):
+        for b in range(batch):
             boxes = torch.cat([level[b][0] for level in per_level])  # levels P3..P7 in order
             scores = torch.cat([level[b][1] for level in per_level])
             labels = torch.cat([level[b][2] for level in per_level])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +30,7 @@ LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
 _NUMPY_SCALAR_CODES = "?bhilqpBHILQPefdgFDG"
 
 
-def safe_numpy_globals() -> list[object]:
+def safe_numpy_globals() -> list[Any]:
     """The numpy globals a release checkpoint may name besides tensors: scalars and their dtypes.
 
     Training loops save counters and metrics as numpy scalars (``iteration`` as ``numpy.int64``);
@@ -39,7 +41,8 @@ def safe_numpy_globals() -> list[object]:
     """
     import numpy as np
 
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    core: Any = np._core if hasattr(np, "_core") else np.core
+    scalar = core.multiarray.scalar
     dtypes = {type(np.dtype(code)) for code in _NUMPY_SCALAR_CODES}
     return [
         np.dtype,
@@ -96,7 +99,7 @@ def _allowed_global_names() -> set[str]:
         if isinstance(entry, tuple):
             names.add(entry[1])
         else:
-            names.add(f"{entry.__module__}.{entry.__qualname__}")  # type: ignore[attr-defined]
+            names.add(f"{entry.__module__}.{entry.__qualname__}")
     return names
 
 
@@ -156,7 +159,7 @@ def _convert_command(path: Path, unsafe: list[str]) -> str:
     )
 
 
-def torch_load_safely(path: str | Path, extra_globals: list[object] = ()) -> object:  # type: ignore[assignment]
+def torch_load_safely(path: str | Path, extra_globals: Sequence[Any] = ()) -> object:
     """``torch.load(weights_only=True, mmap=True)`` with numpy scalars allowed; errors say what the file is.
 
     mmap maps the archive instead of reading it: a release file's optimizer state and the tensors
@@ -177,8 +180,7 @@ def torch_load_safely(path: str | Path, extra_globals: list[object] = ()) -> obj
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # a global outside the allowlist
         allowed = _allowed_global_names() | {
-            g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"  # type: ignore[union-attr]
-            for g in extra_globals
+            g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in extra_globals
         }
         try:
             unsafe = [

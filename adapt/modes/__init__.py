@@ -20,7 +20,9 @@ from adapt.modes.base import (
     load_named_tensors,
     module_training_flags,
 )
+from adapt.modes.context_prompt import ContextPromptTuning
 from adapt.modes.full import FullFineTuning
+from adapt.modes.fusion_prompt import FusionPromptTuning
 from adapt.modes.linear import LINEAR_PROBE_KEYS, LinearProbe
 from adapt.modes.lora import LoRA, inject_lora, lora_target_names
 from adapt.modes.prompt import PromptTuning
@@ -32,16 +34,20 @@ from adapt.modes.registry import (
     registered_modes,
 )
 from adapt.modes.zero import ZeroShot
+from adapt.modes.zero_ensemble import PromptEnsemble
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FROZEN_TRUNK",
     "LINEAR_PROBE_KEYS",
+    "ContextPromptTuning",
     "FullFineTuning",
+    "FusionPromptTuning",
     "InferenceText",
     "LinearProbe",
     "LoRA",
     "ModePolicy",
+    "PromptEnsemble",
     "PromptTuning",
     "UnknownModeError",
     "ZeroShot",

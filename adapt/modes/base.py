@@ -21,17 +21,20 @@ The official code spreads a mode over three places (``finetune.train()``, the mo
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from adapt.export import Export, ExportError, prompt_fields, save_export
 from adapt.model import GLIP, TextFeatures
-from adapt.prompt import EncodedPrompt
+from adapt.prompt import MAX_QUERY_LEN, CaptionPrompt, EncodedPrompt, encode_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 FROZEN_TRUNK = ("backbone", "language_backbone")
 
@@ -43,11 +46,15 @@ class InferenceText:
     ``prompt`` is the run's caption (class names, labels, label -> tokens). ``features`` are the
     text features of that caption as the run computed them (a learned prompt's embeddings): when
     set, the detector needs no text encoder at all; when None, the model's own BERT encodes the
-    caption.
+    caption. ``ensemble`` lists the captions of a prompt ensemble (``mode=zero_ensemble``), whose
+    detections are combined per anchor.
     """
 
     prompt: EncodedPrompt
     features: TextFeatures | None = None
+    # A prompt ensemble (adapt.model.ensemble): every caption of the same classes, ``prompt`` first,
+    # detected together and combined per anchor; empty for a single caption.
+    ensemble: tuple[EncodedPrompt, ...] = ()
 
     def batch(self, batch_size: int, device: torch.device | str | None = None) -> TextFeatures:
         """The stored features for a batch of ``batch_size`` images."""
@@ -66,12 +73,15 @@ class ModePolicy:
 
     ``name`` is the registered name (set by :func:`adapt.modes.register_mode`); ``eval_modules``
     are put in eval mode after every ``.train()``; ``label`` titles the mode's table in the report;
-    ``trains`` False means the job only evaluates (and exports nothing).
+    ``trains`` False means the job only evaluates (and exports nothing, unless :attr:`exports`);
+    ``per_sample_captions`` False means the mode works on the task's one caption (it lays out or
+    multiplies it), so a grounding task, whose samples bring their own, is refused.
     """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     trains: ClassVar[bool] = True
+    per_sample_captions: ClassVar[bool] = True
     eval_modules: tuple[str, ...] = ()
     # The frozen tower's output is cached per training view (adapt.train.feature_cache).
     cache_tower: bool = False
@@ -85,6 +95,38 @@ class ModePolicy:
     @property
     def title(self) -> str:
         return self.label or self.name
+
+    @property
+    def exports(self) -> bool:
+        """Whether a run leaves an export: the training modes, and an evaluation-only mode whose
+        detections need more than the base model (a prompt ensemble's captions)."""
+        return self.trains
+
+    # -- the task's caption and detection --------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        class_names: Sequence[str],
+        tokenizer: PreTrainedTokenizerFast,
+        caption_prompts: Sequence[CaptionPrompt | None] | None = None,
+        max_query_len: int = MAX_QUERY_LEN,
+    ) -> EncodedPrompt:
+        """The task's caption (a mode that learns words of it, as context tokens do, lays it out)."""
+        return encode_prompt(class_names, tokenizer, caption_prompts, max_query_len=max_query_len)
+
+    def detect(
+        self,
+        model: GLIP,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        text: TextFeatures,
+        prompt: EncodedPrompt,
+    ) -> list[dict[str, Tensor]]:
+        """Evaluation detections of a batch, given the task prompt's text features (a prompt
+        ensemble detects with several captions)."""
+        out = model(images, image_sizes, text=text, label_to_tokens=prompt.label_to_tokens)
+        assert isinstance(out, list)
+        return out
 
     # -- training --------------------------------------------------------------------------------
 
@@ -166,6 +208,13 @@ def load_named_tensors(export: Export, model: GLIP, tensors: Mapping[str, Tensor
     return model
 
 
+def positive_int(key: str, value: Any, minimum: int) -> int:
+    """``mode.policy.<key>``'s ``value``, an int of at least ``minimum`` (the message names both)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"mode.policy.{key}={value!r} must be an integer of at least {minimum}")
+    return value
+
+
 def module_training_flags(model: GLIP) -> dict[str, bool]:
     """The module flags the oracle fixture lists (``requires_grad_modes.json``), in adapt names."""
     return {
@@ -186,17 +235,22 @@ def export_run(
     base_model: Mapping[str, Any],
     mode: str | None = None,
     task: str | None = None,
+    eval_batch_size: int | None = None,
 ) -> Path:
     """Export a trained run: the tensors ``policy`` exports, with the metadata that makes them mean
     something (base weights, architecture with the run's test-time settings, the caption).
 
-    ``mode`` is the run's mode name (default: the policy's), recorded beside the policy's registered
-    name. ``model.cfg`` must be the configuration the run tested with: its ``input`` and
-    ``inference`` sections are what reproduces the run's detections.
+    ``mode`` is the run's mode name (default: the policy's; ``linear_cached``, the config the run
+    chose), recorded beside the policy's registered name and its report title (``mode_label``:
+    "linear probing (cached tower)"), which tells apart two configs of one policy. ``model.cfg``
+    must be the configuration the run tested with: its ``input`` and ``inference`` sections, with
+    ``eval_batch_size`` (padding depends on the batch), are what reproduces the run's detections.
     """
     extra: dict[str, Any] = {
         "task": task,
         "policy": policy.name,
+        "mode_label": policy.title,
+        "eval_batch_size": eval_batch_size,
         "arch": model.cfg.to_dict(),
         **prompt_fields(prompt, model.cfg.language.tokenizer),
     }

@@ -26,7 +26,7 @@ class LinearProbe(ModePolicy):
     official probe) runs the tower in eval mode so its output can be cached per training view."""
 
     label = "linear probing"
-    eval_modules = FROZEN_TRUNK
+    eval_modules: tuple[str, ...] = FROZEN_TRUNK
 
     def __init__(self, cache_tower: bool = False) -> None:
         super().__init__()

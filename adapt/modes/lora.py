@@ -68,7 +68,7 @@ class LoRA(ModePolicy):
             raise ExportError(f"{where}: not a peft LoraConfig ({exc})") from exc
         inject_adapter_in_model(config, model, adapter_name=PEFT_ADAPTER)
         try:
-            result = set_peft_model_state_dict(model, export.tensors, adapter_name=PEFT_ADAPTER)
+            result: Any = set_peft_model_state_dict(model, export.tensors, adapter_name=PEFT_ADAPTER)
         except RuntimeError as exc:  # load_state_dict's size mismatches
             first = str(exc).strip().splitlines()[-1].strip()
             raise ExportError(f"{export.tensors_file}: does not fit the model: {first}") from exc

@@ -19,7 +19,7 @@ Modules: `jobs` (manifest + results.json -> jobs), `aggregate` (cells and averag
 
 from adapt.report.aggregate import Average, Cell, ModelReport, Report, build_report
 from adapt.report.cli import main, write_report
-from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES, Job, collect_jobs
+from adapt.report.jobs import COMPLETE, DIED, FAILED, MISSING, RUNNING, STATUSES, Job, collect_jobs
 from adapt.report.paper import (
     AVERAGE_CSV,
     ODINW13_KEYS,
@@ -35,6 +35,7 @@ from adapt.report.tables import JOBS_COLUMNS, REPORT_COLUMNS, job_rows, report_r
 __all__ = [
     "AVERAGE_CSV",
     "COMPLETE",
+    "DIED",
     "FAILED",
     "JOBS_COLUMNS",
     "MISSING",

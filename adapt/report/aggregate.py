@@ -68,9 +68,16 @@ class ModelReport:
     suite: str  # "ODinW-13" or "mean over N tasks"
     suite_keys: list[str]
     mode_labels: dict[str, str] = field(default_factory=dict)  # mode -> its policy's report label
+    # mode -> the distinct (trainable, total) parameter counts its runs recorded (results.json params)
+    mode_params: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def mode_title(self, mode: str) -> str:
         return self.mode_labels.get(mode, mode)
+
+    def evaluates_at_zero(self, mode: str) -> bool:
+        """Whether ``mode`` has runs of its own at shots=0: zero-shot, or another evaluation-only mode
+        (a training mode never runs at shots=0, adapt.runs.config refuses it)."""
+        return 0 in self.mode_shots.get(mode, ())
 
     def label(self, task: str) -> str:
         return self.labels.get(task, task)
@@ -148,6 +155,17 @@ def _mode_label(mode: str, jobs: Sequence[Job]) -> str:
     return mode_label(mode)
 
 
+def _mode_params(mode: str, jobs: Sequence[Job]) -> list[tuple[int, int]]:
+    """The (trainable, total) parameter counts the mode's runs recorded, distinct, ascending
+    (class-specific methods train more numbers on tasks with more classes)."""
+    counts = set()
+    for j in jobs:
+        params = (j.results or {}).get("params") if j.point.mode == mode else None
+        if isinstance(params, Mapping) and isinstance(params.get("trainable"), int):
+            counts.add((int(params["trainable"]), int(params.get("total") or 0)))
+    return sorted(counts)
+
+
 def model_report(model: str, jobs: Sequence[Job], paper_model: str | None, ddof: int) -> ModelReport:
     """The cells, suite and averages of one model's jobs."""
     labels = {j.point.task: j.dataset for j in jobs if j.dataset}
@@ -169,6 +187,7 @@ def model_report(model: str, jobs: Sequence[Job], paper_model: str | None, ddof:
         suite="ODinW-13" if odinw else f"mean over {len(tasks)} tasks",
         suite_keys=list(ODINW13_KEYS) if odinw else list(tasks),
         mode_labels={m: _mode_label(m, jobs) for m in modes},
+        mode_params={m: _mode_params(m, jobs) for m in modes},
     )
     for mode in mr.modes:
         for s in mr.shots:

@@ -9,6 +9,7 @@ any manifest (single runs gathered in one folder) is a job too, placed by its ow
 from __future__ import annotations
 
 import os
+import socket
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from adapt.grid import GridPoint, mode_sort_key, shots_sort_key
 from adapt.report.paper import ODINW13_KEYS
 from adapt.runs.manifest import LAUNCHED, ManifestError, ManifestJob, find_manifests, read_manifest
 from adapt.runs.record import RESULTS_FILE, read_results
+from adapt.runs.rundir import pid_alive
 
 # Statuses of a job, in the order the report lists them.
-COMPLETE, FAILED, RUNNING, MISSING = "complete", "failed", "running", "missing"
-STATUSES = (COMPLETE, FAILED, RUNNING, MISSING)
+COMPLETE, FAILED, RUNNING, DIED, MISSING = "complete", "failed", "running", "died", "missing"
+STATUSES = (COMPLETE, FAILED, RUNNING, DIED, MISSING)
 
 
 @dataclass
@@ -115,6 +117,15 @@ def started_note(data: Mapping[str, Any]) -> str | None:
     return f"started {data['started_at']}{where}" + (f" ({', '.join(ids)})" if ids else "")
 
 
+def died(data: Mapping[str, Any]) -> bool:
+    """A job that says "running" but whose process is gone from this host (kill -9, the OOM killer, a
+    node's time limit): nothing will finish it. On another host liveness cannot be checked."""
+    host, pid = data.get("host"), data.get("pid")
+    if data.get("status") != RUNNING or host != socket.gethostname() or not isinstance(pid, int):
+        return False
+    return not pid_alive(pid)
+
+
 def _job_from_results(data: dict[str, Any], run_dir: Path, planned: ManifestJob | None) -> Job | None:
     point = planned.point if planned is not None else _point_of(data)
     if point is None:
@@ -125,13 +136,16 @@ def _job_from_results(data: dict[str, Any], run_dir: Path, planned: ManifestJob 
     error = str(data["error"]) if data.get("error") else None
     if status == COMPLETE and ap is None and not is_grounding(data):  # grounding: recalls, no AP
         status, error = FAILED, "status complete but no test.ap"
+    note = started_note(data)
+    if died(data):
+        status, note = DIED, f"pid {data['pid']} on {data['host']} is no longer running ({note})"
     return Job(
         point=point,
         status=status,
         ap=ap if status == COMPLETE else None,
         path=run_dir,
         error=error,
-        note=started_note(data),
+        note=note,
         dataset=_config_value(data, "task.name") or (planned.dataset if planned else None),
         paper_model=_config_value(data, "model.paper") or (planned.paper_model if planned else None),
         job_id=planned.job_id if planned else None,

@@ -18,7 +18,7 @@ def _plot_series(
 ) -> tuple[list[int], list[float], list[float]]:
     pos, ys, errs = [], [], []
     for i, s in enumerate(xs):
-        got = value(paper_mode(mode, s), s)
+        got = value(paper_mode(mode, s, mr), s)
         if got is None or got[0] is None:
             continue
         pos.append(i)

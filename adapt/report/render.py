@@ -12,7 +12,7 @@ from adapt.grid import ZERO_MODE, Shots, shots_sort_key
 from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.grounding import grounding_lines
-from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, STATUSES
+from adapt.report.jobs import COMPLETE, DIED, FAILED, MISSING, RUNNING, STATUSES
 from adapt.report.timing import time_table
 
 _MAX_LISTED = 200
@@ -32,9 +32,11 @@ def avg_text(avg: Average | None) -> str:
     return fmt(avg.mean, avg.std)
 
 
-def paper_mode(mode: str, shots: Shots) -> str:
-    """The 0 column of every mode's table is the zero-shot evaluation."""
-    return ZERO_MODE if shots == 0 else mode
+def paper_mode(mode: str, shots: Shots, mr: ModelReport | None = None) -> str:
+    """The 0 column of every mode's table is the zero-shot evaluation; an evaluation-only mode
+    (``evaluates_only: true``, e.g. ``zero_ensemble``) shows its own, where ``mr`` has its runs."""
+    own = mr is not None and mr.evaluates_at_zero(mode)
+    return ZERO_MODE if shots == 0 and not own else mode
 
 
 def rel(path: Path | None, base: Path) -> str:
@@ -57,7 +59,8 @@ def _header(report: Report) -> list[str]:
         f"# Sweep report: `{report.sweep_dir}`",
         "",
         f"Jobs: {counts[COMPLETE]} complete, {counts[FAILED]} failed, "
-        f"{counts[RUNNING]} running or interrupted, {counts[MISSING]} missing (of {sum(counts.values())}).",
+        f"{counts[RUNNING]} running or interrupted, {counts[DIED]} died, {counts[MISSING]} missing "
+        f"(of {sum(counts.values())}).",
         "",
         "AP is COCO box mAP@[.5:.95] on the test split, in percent. Ours: mean ± std over seeds "
         f"({'population' if report.ddof == 0 else 'sample'} std; none for a single seed); "
@@ -118,7 +121,7 @@ def _row_shots(mr: ModelReport, mode: str) -> list[Shots]:
 
 
 def _ours(mr: ModelReport, task: str, mode: str, shots: Shots, ddof: int) -> str:
-    cell = mr.cells.get((task, paper_mode(mode, shots), shots))
+    cell = mr.cells.get((task, paper_mode(mode, shots, mr), shots))
     if cell is None or not cell.n:
         return ""
     return fmt(cell.mean, cell.std(ddof)) + (" *" if cell.partial else "")
@@ -137,16 +140,31 @@ def _mode_table(mr: ModelReport, mode: str, report: Report) -> list[str]:
             row.append(_ours(mr, task, mode, s, report.ddof))
             if mr.paper_model:
                 row.append(
-                    fmt(report.paper.dataset(mr.paper_model, paper_mode(mode, s), s, mr.paper_key(task)))
+                    fmt(report.paper.dataset(mr.paper_model, paper_mode(mode, s, mr), s, mr.paper_key(task)))
                 )
         rows.append(row)
     avg_row = [f"**{mr.suite} avg**"]
     for s in cols:
-        avg_row.append(avg_text(mr.averages.get((paper_mode(mode, s), str(s)))))
+        avg_row.append(avg_text(mr.averages.get((paper_mode(mode, s, mr), str(s)))))
         if mr.paper_model:
-            avg_row.append(fmt(report.paper.table_average(mr.paper_model, paper_mode(mode, s), s)))
+            avg_row.append(fmt(report.paper.table_average(mr.paper_model, paper_mode(mode, s, mr), s)))
     rows.append(avg_row)
-    return ["", f"### {mr.mode_title(mode)} (`mode={mode}`)", "", *md_table(header, rows)]
+    title = ["", f"### {mr.mode_title(mode)} (`mode={mode}`)", ""]
+    return [*title, *_params_line(mr, mode), *md_table(header, rows)]
+
+
+def _params_line(mr: ModelReport, mode: str) -> list[str]:
+    """The trainable parameter count the mode's runs recorded (a range where it depends on the task)."""
+    counts = mr.mode_params.get(mode) or []
+    if not counts:
+        return []
+    low, high = counts[0][0], counts[-1][0]
+    if high == 0:
+        return ["Trainable parameters: none (evaluation only).", ""]
+    trained = f"{low:,}" if low == high else f"{low:,} to {high:,} (by task)"
+    total = counts[-1][1]
+    share = f" of {total:,} ({100 * high / total:.3g}%)" if total else ""
+    return [f"Trainable parameters: {trained}{share}.", ""]
 
 
 def _model_section(
@@ -174,6 +192,7 @@ def _job_sections(report: Report) -> list[str]:
     sections = (
         (FAILED, "Failed jobs", "error (last line; full traceback in the folder's results.json)"),
         (RUNNING, "Running or interrupted jobs", "started"),
+        (DIED, "Died jobs (the process is gone: killed, out of memory or out of time)", "process"),
         (MISSING, "Missing jobs (planned by the sweep, no results.json)", "note"),
     )
     for status, title, detail in sections:
@@ -189,7 +208,7 @@ def _job_sections(report: Report) -> list[str]:
         lines += md_table(["model", "task", "mode", "shots", "seed", detail, "folder"], rows)
         if len(jobs) > _MAX_LISTED:
             lines.append(f"\n... and {len(jobs) - _MAX_LISTED} more, see jobs.csv.")
-    if not any(report.by_status(s) for s in (FAILED, RUNNING, MISSING)):
+    if not any(report.by_status(s) for s in (FAILED, RUNNING, DIED, MISSING)):
         lines += ["", "All expected jobs are complete."]
     return lines
 

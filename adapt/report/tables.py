@@ -9,7 +9,7 @@ from typing import Any
 
 from adapt.grid import mode_sort_key, shots_sort_key
 from adapt.report.aggregate import ModelReport, Report
-from adapt.report.jobs import COMPLETE, FAILED, MISSING, RUNNING, task_sort_key
+from adapt.report.jobs import COMPLETE, DIED, FAILED, MISSING, RUNNING, task_sort_key
 from adapt.report.render import last_line, rel
 
 REPORT_COLUMNS = (
@@ -103,7 +103,7 @@ def report_rows(report: Report) -> list[dict[str, Any]]:
 
 def job_rows(report: Report) -> list[dict[str, Any]]:
     """jobs.csv rows: every job, planned or found, with its status (unfinished ones first)."""
-    order = {FAILED: 0, RUNNING: 1, MISSING: 2, COMPLETE: 3}
+    order = {FAILED: 0, RUNNING: 1, DIED: 2, MISSING: 3, COMPLETE: 4}
     rows = []
     for job in sorted(report.jobs, key=lambda j: (order[j.status], j.sort_key)):
         p = job.point

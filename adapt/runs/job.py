@@ -8,7 +8,8 @@ Order of work (each step fails early with a message that names the fix):
 2. :func:`fit_and_validate`: ``mode=zero`` evaluates val; a training mode fits with Lightning under
    the official protocol (one evaluation per pass over the copied few-shot set, plateau schedule,
    early stop, best-on-val weights), then takes the best weights back;
-3. :func:`finalise`: the test split is evaluated, the artifact exported (training modes),
+3. :func:`finalise`: the test split is evaluated, the artifact exported (training modes, and an
+   evaluation-only mode whose detections need more than the base model: ``ModePolicy.exports``),
    ``results.json`` completed and an AP table printed.
 
 The sweep rules (skip redundant or completed points, record failures so a multirun goes on) wrap
@@ -42,10 +43,13 @@ from adapt.model import GLIP, GLIPConfig, build_glip, load_checkpoint
 from adapt.modes import ModePolicy, build_policy, export_run
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
 from adapt.runs import sweep
+from adapt.runs.claim import claim_folder
 from adapt.runs.config import check_config
 from adapt.runs.grounding import build_grounding, grounding_test_fields
 from adapt.runs.logfilter import configure_run_logging
 from adapt.runs.precision import resolve_precision
+from adapt.runs.progress import ProgressLines, stdout_is_terminal
+from adapt.runs.record import RESULTS_FILE
 from adapt.runs.results import (
     RunClock,
     RunRecord,
@@ -57,11 +61,14 @@ from adapt.runs.results import (
 from adapt.runs.resume import check_resume_file, resume_checkpoint
 from adapt.runs.rundir import RunLockedError, lock_holder, run_lock
 from adapt.runs.signals import EXIT_SIGTERM, sigterm_raises
+from adapt.runs.storage import RunFolderError, storage_errno, unfinished_run_error
 from adapt.runs.summary import print_summary
+from adapt.train.checkpoint_io import AtomicCheckpointIO
 from adapt.train.datamodule import TaskDataModule
 from adapt.train.loggers import build_logger, close_logger
 from adapt.train.module import GLIPAdaptation, predictions_and_targets, trainable_counts
 from adapt.train.protocol import FewShotProtocol, metric_value
+from adapt.train.workers import stop_workers, stop_workers_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +86,29 @@ def run_job(cfg: DictConfig, run_dir: str | os.PathLike[str] | None = None) -> f
     folder = Path(run_dir) if run_dir is not None else (sweep.hydra_output_dir() or Path(os.getcwd()))
     configure_run_logging(quiet=bool(cfg.get("quiet", True)))
     if not lock_holder():
-        return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
+        return sweep.run_job(cfg, lambda c: _ending_cleanly(c, folder), run_dir=folder)
     try:
         with run_lock(folder):
-            return sweep.run_job(cfg, lambda c: train_and_evaluate(c, folder), run_dir=folder)
-    except RunLockedError as exc:
+            claim_folder(cfg, folder)  # Hydra's records and run.log: only now (adapt.runs.claim)
+            return sweep.run_job(cfg, lambda c: _ending_cleanly(c, folder), run_dir=folder)
+    except (RunLockedError, RunFolderError) as exc:
         if not sweep.in_sweep(cfg):
             raise
         log.error("%s; the sweep goes on", exc)  # that folder's own process records its result
         return None
+
+
+def _ending_cleanly(cfg: DictConfig, run_dir: Path) -> float | None:
+    """:func:`train_and_evaluate`; a failure stops the DataLoader workers (adapt.train.workers: else
+    the process hangs at exit), and a full or read-only disk is one sentence (adapt.runs.storage)."""
+    stop_workers_at_exit()
+    try:
+        return train_and_evaluate(cfg, run_dir)
+    except Exception as exc:
+        stop_workers()
+        if storage_errno(exc) is None:
+            raise
+        raise unfinished_run_error(run_dir, exc) from exc
 
 
 _warned_untrained: set[str] = set()
@@ -131,14 +152,38 @@ def build_model(cfg: DictConfig) -> tuple[GLIP, dict[str, Any]]:
         return model, {"file": None, "sha256": None, "random_init_seed": 0}
     report = load_checkpoint(model, path)
     log.info("%s", report)
-    configured = cfg.model.get("checkpoint", {}).get("sha256") if not cfg.get("checkpoint") else None
-    return model, {"file": Path(str(path)).name, "sha256": configured or file_sha256(Path(str(path)))}
+    if cfg.get("checkpoint") and report.missing:
+        log.warning(
+            "checkpoint=%s holds no value for %d of the model's parameters (%s...): they keep their "
+            "random init; a prompt or LoRA export, or a full fine-tune of a model with frozen stages, "
+            "is not a whole model",
+            path,
+            len(report.missing),
+            report.missing[0],
+        )
+    if not cfg.get("checkpoint"):
+        configured = cfg.model.get("checkpoint", {}).get("sha256")
+        return model, {"file": Path(str(path)).name, "sha256": configured or file_sha256(Path(str(path)))}
+    return model, user_checkpoint_identity(Path(str(path)))
 
 
-def task_prompt(task: Any, model: GLIP) -> EncodedPrompt:
-    """The task's fixed caption: all categories in label order (official DISABLE_SHUFFLE training)."""
+def user_checkpoint_identity(path: Path) -> dict[str, Any]:
+    """A ``checkpoint=`` file as results and exports record it: name and SHA-256, plus the path the
+    run was given, and where the file is a run's export (``<run>/export/adapter_model.safetensors``,
+    a run started from a fine-tuned one) that run's folder, so a reader can tell which it was."""
+    identity: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path), "path": str(path.absolute())}
+    run = path.absolute().parent.parent
+    if path.parent.name == "export" and (run / RESULTS_FILE).is_file():
+        identity["run"] = str(run)
+    return identity
+
+
+def task_prompt(task: Any, model: GLIP, policy: ModePolicy | None = None) -> EncodedPrompt:
+    """The task's fixed caption: all categories in label order (official DISABLE_SHUFFLE training),
+    laid out by the mode's policy (context tokens place words of their own before every name)."""
     tokenizer = load_tokenizer(model.cfg.language.tokenizer)
-    return encode_prompt(
+    encode = policy.encode_prompt if policy is not None else encode_prompt
+    return encode(
         task.class_names, tokenizer, task.caption_prompts, max_query_len=model.cfg.language.max_query_len
     )
 
@@ -165,8 +210,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback], l
     and checkpoint paths) exist only at run time, and ``precision: auto`` depends on the machine
     the job lands on; every other Trainer argument comes from the config as it is.
     """
+    # last.ckpt whole or not at all (adapt.train.checkpoint_io), unless the config chose plugins
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     return instantiate(
         cfg.trainer,
+        **plugins,
         precision=resolve_precision(cfg.trainer),
         default_root_dir=str(run_dir),
         logger=logger if logger is not None else False,
@@ -220,7 +268,7 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
         datamodule, module = build_grounding(cfg, task, model, policy, run_dir, optimizer)
         record.update(task_type=GROUNDING, val_metric=task.val_metric)
     else:
-        prompt = task_prompt(task, model)
+        prompt = task_prompt(task, model, policy)
         datamodule, module = _detection_parts(cfg, task, model, prompt, policy, run_dir, optimizer)
     # Pre-flight: every split this run reads is opened now (annotations validated, boxes fixed,
     # image headers read) and every image decoded, so a broken test file fails before training.
@@ -237,6 +285,8 @@ def build(cfg: DictConfig, run_dir: Path, record: RunRecord, clock: RunClock) ->
         metric=metric,
     )
     callbacks: list[L.Callback] = [protocol, clock]
+    if policy.trains and not stdout_is_terminal():  # nohup, SLURM: a line per evaluation period
+        callbacks.append(ProgressLines(protocol, metric))
     if policy.trains:
         callbacks.append(instantiate(cfg.last_checkpoint)(dirpath=str(ckpt_dir)))
     return Job(
@@ -310,7 +360,7 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
     # A grounding run exports nothing: the export format records one caption (adapt.runs.grounding).
     test = test_fields(last) if job.prompt is not None else grounding_test_fields(last)
     export_dir = None
-    if job.policy.trains and trainer.is_global_zero and job.prompt is not None:
+    if job.policy.exports and trainer.is_global_zero and job.prompt is not None:
         export_dir = export_run(
             job.run_dir / "export",
             job.model,
@@ -318,8 +368,9 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
             job.module.trainable_state_dict(),
             job.prompt,
             model_identity(job.model, str(job.cfg.model.name), job.checkpoint),
-            mode=str(job.cfg.mode.name),
+            mode=sweep.hydra_choices().get("mode") or str(job.cfg.mode.name),  # linear_cached: its own name
             task=str(job.task.id),
+            eval_batch_size=max(job.datamodule.eval_batch_size // trainer.world_size, 1),  # per process
         )
     protocol = job.protocol
     job.record.update(

@@ -101,7 +101,7 @@ def record_decisions(
 ) -> Path:
     """Merge one invocation's decisions (entries keyed by ``folder``) into the root's manifest."""
     path = Path(sweep_root) / MANIFEST_FILE
-    data = _load(path) if path.exists() else {"format": FORMAT, "invocations": [], "jobs": []}
+    data: dict[str, Any] = _load(path) if path.exists() else {"format": FORMAT, "invocations": [], "jobs": []}
     by_folder = {str(entry["folder"]): entry for entry in data["jobs"]}
     for job in jobs:
         old = by_folder.get(str(job["folder"]), {})

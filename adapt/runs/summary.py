@@ -29,7 +29,7 @@ def to_log_files(text: str, level: int = logging.INFO, name: str = __name__) -> 
     For what the console already shows in its own form (the summary table, an error printed to
     stderr, a traceback Hydra prints): run.log gets it once, the console not twice.
     """
-    record = logging.getLogger(name).makeRecord(name, level, __file__, 0, text, None, None)
+    record = logging.getLogger(name).makeRecord(name, level, __file__, 0, text, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
             handler.handle(record)

@@ -101,7 +101,7 @@ def planned_points(
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    node = OmegaConf.load(sweep_yaml)
+    node = OmegaConf.load(Path(sweep_yaml))
     params = OmegaConf.select(node, "hydra.sweeper.params", default=None) or {}
     texts = [f"{key}={' '.join(str(value).split())}" for key, value in params.items()] + list(overrides)
     (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(texts), None)
@@ -331,7 +331,11 @@ def run_job(
     except Exception as exc:
         if run_dir is None:
             raise
-        path = record_failure(run_dir, exc, cfg)
+        try:
+            path = record_failure(run_dir, exc, cfg)
+        except OSError as write_error:  # a full or read-only disk: the error itself says so
+            log.error("could not record the failure in %s: %s", run_dir, write_error)
+            path = Path(run_dir) / RESULTS_FILE
         if not in_sweep(cfg):
             raise
         log.error("job failed (%s: %s); recorded in %s, the sweep goes on", type(exc).__name__, exc, path)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from adapt.model.config import GLIPConfig
 from adapt.model.fusion import VLFuse
 
 # Share of the free memory the fusion activations may take before checkpointing is kept on.
@@ -73,9 +75,9 @@ def fusion_activation_bytes(model: nn.Module, batch: int, height: int, width: in
     fuses = [m for m in model.modules() if isinstance(m, VLFuse)]
     if not fuses:
         return 0
-    cfg = model.cfg  # type: ignore[attr-defined]
+    cfg: GLIPConfig = model.cfg  # type: ignore[assignment]  # a GLIP: the only model with VLFuse layers
     locations = feature_locations(height, width, cfg.anchors.strides)
-    attn = fuses[0].b_attn.attn
+    attn: Any = fuses[0].b_attn.attn
     unit = batch * locations * attn.num_heads * cfg.language.max_query_len * BYTES_PER_ELEMENT
     text_unit = batch * cfg.language.max_query_len * attn.num_heads * attn.head_dim * BYTES_PER_ELEMENT
     total = 0.0

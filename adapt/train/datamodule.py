@@ -108,7 +108,7 @@ class DistributedEpochSampler(DistributedSampler):
     """
 
     def __init__(self, size: int, seed: int, global_batch: int, num_replicas: int, rank: int) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         self.order = EpochSampler(size, seed)
         self.size = size
         if size >= global_batch:
@@ -124,7 +124,7 @@ class DistributedEpochSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         order = list(self.order)
         order = (order * (-(-self.total // len(order))))[: self.total]
         return iter(order[self.rank :: self.num_replicas])
@@ -138,11 +138,11 @@ class DistributedEvalSampler(DistributedSampler):
     """
 
     def __init__(self, size: int, num_replicas: int, rank: int) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
         self.size = size
         self.num_samples = len(range(rank, size, num_replicas))
 
-    def __iter__(self) -> Iterator[int]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.size, self.num_replicas))
 
 
@@ -248,6 +248,21 @@ class TaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def starting_epoch(self) -> int:
+        """The epoch the attached trainer's next training pass is (0 without a trainer).
+
+        Lightning creates the training iterator before it calls the sampler's ``set_epoch``, and a
+        DataLoader with workers draws its first indices at that moment: a run resumed at epoch 3
+        replayed epoch 0's order and augmentation in its first period (without workers the sampler
+        is read lazily, after ``set_epoch``). Starting the sampler at the epoch Lightning will set
+        makes the two agree.
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        progress: Any = trainer.fit_loop.epoch_progress.current  # a _ReadyCompletedTracker subclass
+        return int(progress.processed)
+
     def train_dataloader(self) -> DataLoader:
         data = CopiedDataset(self.split("train"), self.copies, self.seed)
         world, rank = self.world()
@@ -259,6 +274,7 @@ class TaskDataModule(L.LightningDataModule):
                     f"by the {world} devices"
                 )
             sampler = DistributedEpochSampler(len(data), self.seed, self.batch_size, world, rank)
+            sampler.set_epoch(self.starting_epoch())
             return DataLoader(
                 data,
                 batch_size=self.batch_size // world,
@@ -269,10 +285,12 @@ class TaskDataModule(L.LightningDataModule):
             )
         # Official iterations per period = copies * N // batch: drop the incomplete last batch.
         drop_last = len(data) >= self.batch_size
+        order = EpochSampler(len(data), self.seed)
+        order.set_epoch(self.starting_epoch())
         return DataLoader(
             data,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(data), self.seed),
+            sampler=order,
             drop_last=drop_last,
             num_workers=self.num_workers,
             collate_fn=self.collate,

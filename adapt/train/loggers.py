@@ -72,6 +72,7 @@ class CSVLogger(LightningCSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        assert isinstance(self._experiment, ExperimentWriter)  # only this property sets it
         return self._experiment
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:

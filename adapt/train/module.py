@@ -81,8 +81,8 @@ class GLIPAdaptation(L.LightningModule):
         return self
 
     def text_cached(self) -> bool:
-        """BERT's output can be reused when nothing in it trains and it runs in eval mode."""
-        frozen = not any(p.requires_grad for p in self.model.language_backbone.parameters())
+        """BERT's output can be reused when nothing it reads trains and it runs in eval mode."""
+        frozen = not any(p.requires_grad for p in self.model.text_parameters())
         return frozen and "language_backbone" in self.policy.eval_modules
 
     def text_features(self, batch_size: int, batch: Mapping[str, Any] | None = None) -> TextFeatures:
@@ -222,9 +222,7 @@ class GLIPAdaptation(L.LightningModule):
     def _predict(self, batch: Mapping[str, Any]) -> None:
         images = batch["images"]
         text = self.text_features(images.shape[0])
-        detections = self.model(
-            images, batch["image_sizes"], text=text, label_to_tokens=self.prompt.label_to_tokens
-        )
+        detections = self.policy.detect(self.model, images, batch["image_sizes"], text, self.prompt)
         for det, target in zip(detections, batch["targets"], strict=True):
             self._predictions.append(
                 {

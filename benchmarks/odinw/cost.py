@@ -62,14 +62,26 @@ from benchmarks.odinw.protocol import (
 from benchmarks.odinw.render import render_markdown
 
 # The paper's three training modes are measured by default; any configured mode whose policy
-# trains can be named (conf/mode/, so a new mode needs no edit here).
+# trains can be named (conf/mode/, so a new mode needs no edit here), and any other evaluation-only
+# mode besides zero-shot (zero_ensemble) with --eval-modes.
 TRAIN_MODES = ("prompt", "linear", "full")
+
+
+def _configured_policies() -> dict[str, Any]:
+    """Every configured mode's policy, each composed as the job composes it."""
+    return {m: build_policy(compose_config([f"mode={m}"]).mode) for m in group_options("mode")}
 
 
 def measurable_modes() -> tuple[str, ...]:
     """The configured modes whose policy trains, each composed as the job composes it."""
-    trains = [m for m in group_options("mode") if build_policy(compose_config([f"mode={m}"]).mode).trains]
+    trains = [m for m, policy in _configured_policies().items() if policy.trains]
     return tuple(sorted(trains, key=mode_sort_key))
+
+
+def eval_only_modes() -> tuple[str, ...]:
+    """The configured evaluation-only modes besides zero-shot (``zero_ensemble``), for ``--eval-modes``."""
+    modes = [m for m, policy in _configured_policies().items() if m != ZERO_MODE and not policy.trains]
+    return tuple(sorted(modes, key=mode_sort_key))
 
 
 # Example peak for --peak-tflops: NVIDIA's datasheet figure for H100 SXM, dense FP16/BF16 tensor
@@ -126,6 +138,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument("--modes", nargs="+", default=list(TRAIN_MODES), choices=measurable_modes())
+    parser.add_argument(
+        "--eval-modes",
+        nargs="+",
+        default=[],
+        choices=eval_only_modes(),
+        help="evaluation-only modes to measure per image next to zero-shot (not in the hours)",
+    )
     parser.add_argument(
         "--batch", type=int, default=int(data["batch_size"]), help="training batch (conf/data default)"
     )
@@ -199,9 +218,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for name in args.model:
         if setup.timing or setup.flops:
-            models[name] = measure_model(name, args.modes, setup)
+            models[name] = measure_model(name, args.modes, setup, args.eval_modes)
         else:
-            models[name] = {"model": name, "train": {}, "eval": None}
+            models[name] = {"model": name, "train": {}, "eval": None, "eval_modes": {}}
 
     sweeps = {name: read_sweep(args.sweep, name) for name in args.model} if args.sweep else {}
     estimates = []

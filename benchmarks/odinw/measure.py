@@ -197,13 +197,14 @@ def build_module(
     model = build_glip(cfg)
     from adapt.config import compose_config
 
-    prompt = task_prompt(build_task(compose_config([f"task={task}"]).task), model)
+    mode_cfg = _mode_cfg(mode)
+    policy = build_policy(mode_cfg)
+    prompt = task_prompt(build_task(compose_config([f"task={task}"]).task), model, policy)
     for fuse in model.modules():
         if isinstance(fuse, VLFuse):
             fuse.checkpoint_policy = fuse.use_checkpoint = use_checkpoint
-    mode_cfg = _mode_cfg(mode)
     optimizer = instantiate(mode_cfg["optimizer"]) if mode_cfg.get("optimizer") else None
-    module = GLIPAdaptation(model, build_policy(mode_cfg), prompt, optimizer=optimizer, evaluator=_no_metrics)
+    module = GLIPAdaptation(model, policy, prompt, optimizer=optimizer, evaluator=_no_metrics)
     return module.to(device)
 
 
@@ -250,8 +251,15 @@ def train_step_flops(module: Any, batch: dict[str, Any]) -> FlopCount:
 
 
 def eval_flops(module: Any, batch: dict[str, Any]) -> FlopCount:
-    """FLOPs of the job's ``validation_step`` on ``batch`` (forward and post-processing, no grad)."""
+    """FLOPs of the job's ``validation_step`` on ``batch`` (forward and post-processing, no grad).
+
+    One uncounted step first: the job encodes its prompts once per run (the task caption, an
+    ensemble's every caption), so the count is what each further batch costs.
+    """
     module.eval()
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    module._predictions = []
 
     def forward() -> None:
         with torch.no_grad():
@@ -342,8 +350,9 @@ def _time_train(
     return out
 
 
-def measure_eval(model_name: str, setup: Setup) -> dict[str, Any]:
-    """t_img and FLOPs per evaluated image (zero-shot policy: the prompt is encoded once per job)."""
+def measure_eval(model_name: str, setup: Setup, mode: str = ZERO_MODE) -> dict[str, Any]:
+    """t_img and FLOPs per evaluated image under ``mode``'s policy (zero-shot by default: the prompt
+    is encoded once per job; an evaluation-only method such as ``zero_ensemble`` detects its way)."""
     from adapt.train.datamodule import GLIPCollate
 
     transform = _transform(setup, None)
@@ -356,7 +365,7 @@ def measure_eval(model_name: str, setup: Setup) -> dict[str, Any]:
         return data, GLIPCollate(module.prompt, module.model.cfg.input)
 
     if setup.flops:
-        module = build_module(model_name, ZERO_MODE, setup.task, setup.device)
+        module = build_module(model_name, mode, setup.task, setup.device)
         data, collate = dataset(module)
         batch = collate([data[i] for i in range(setup.eval_batch)])
         out["padded_hw"] = list(batch["images"].shape[-2:])
@@ -367,16 +376,18 @@ def measure_eval(model_name: str, setup: Setup) -> dict[str, Any]:
         _free(setup.device)
     if setup.timing:
         try:
-            out.update(_time_eval(model_name, setup, dataset))
+            out.update(_time_eval(model_name, setup, dataset, mode))
         except _oom_types() as exc:
             out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         _free(setup.device)
     return out
 
 
-def _time_eval(model_name: str, setup: Setup, dataset: Callable[[Any], Any]) -> dict[str, Any]:
+def _time_eval(
+    model_name: str, setup: Setup, dataset: Callable[[Any], Any], mode: str = ZERO_MODE
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    module = build_module(model_name, ZERO_MODE, setup.task)
+    module = build_module(model_name, mode, setup.task)
     data, collate = dataset(module)
     loader = torch.utils.data.DataLoader(data, batch_size=setup.eval_batch, shuffle=False, collate_fn=collate)
     timer = BatchTimer(setup.device)
@@ -406,12 +417,20 @@ def _sum_by_op(counts: Sequence[FlopCount], weights: Sequence[float]) -> dict[st
     return {op: weighted([c.by_op.get(op, 0.0) for c in counts], weights) for op in ops}
 
 
-def measure_model(model_name: str, modes: Sequence[str], setup: Setup) -> dict[str, Any]:
-    """Every measurement of one model; a mode that runs out of memory is recorded, not fatal."""
-    result: dict[str, Any] = {"model": model_name, "train": {}, "eval": None}
+def measure_model(
+    model_name: str, modes: Sequence[str], setup: Setup, eval_modes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Every measurement of one model; a mode that runs out of memory is recorded, not fatal.
+
+    ``eval_modes``: evaluation-only modes besides zero-shot (``zero_ensemble``), measured per image.
+    """
+    result: dict[str, Any] = {"model": model_name, "train": {}, "eval": None, "eval_modes": {}}
     for mode in modes:
         print(f"[cost] {model_name}: training step, mode {mode}", file=sys.stderr, flush=True)
         result["train"][mode] = measure_train(model_name, mode, setup)
     print(f"[cost] {model_name}: evaluation", file=sys.stderr, flush=True)
     result["eval"] = measure_eval(model_name, setup)
+    for mode in eval_modes:
+        print(f"[cost] {model_name}: evaluation, mode {mode}", file=sys.stderr, flush=True)
+        result["eval_modes"][mode] = measure_eval(model_name, setup, mode)
     return result

@@ -14,6 +14,8 @@ from typing import Any
 from adapt.grid import ALL_SHOTS, Shots, mode_sort_key, normalize_shots
 from adapt.markdown import md_table
 
+REFERENCE_MODE = "full"  # the official full fine-tuning step, what the ratios divide by
+
 
 def num(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -57,6 +59,40 @@ def _modes(report: Mapping[str, Any]) -> list[str]:
     return sorted({mode for r in report["models"].values() for mode in r["train"]}, key=mode_sort_key)
 
 
+def _eval_modes(report: Mapping[str, Any]) -> list[str]:
+    modes = {mode for r in report["models"].values() for mode in r.get("eval_modes") or {}}
+    return sorted(modes, key=mode_sort_key)
+
+
+def _ratio(entry: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, key: str) -> str:
+    a, b = (entry or {}).get(key), (reference or {}).get(key)
+    return "–" if a is None or not b else f"{a / b:.2f}"
+
+
+def _relative(report: Mapping[str, Any]) -> list[str]:
+    """Each mode's training step against full fine-tuning's (FLOPs, time, peak memory on CUDA), and
+    each evaluation-only mode's image against zero-shot's."""
+    rows = []
+    for name, r in report["models"].items():
+        full = r["train"].get(REFERENCE_MODE)
+        for mode in _modes(report):
+            entry = r["train"].get(mode)
+            if full and entry and mode != REFERENCE_MODE:
+                rows.append(
+                    [name, f"training step, `{mode}` / `{REFERENCE_MODE}`"]
+                    + [_ratio(entry, full, k) for k in ("flops_per_step", "t_step", "peak_memory_mb")]
+                )
+        for mode, entry in (r.get("eval_modes") or {}).items():
+            rows.append(
+                [name, f"evaluated image, `{mode}` / zero-shot"]
+                + [_ratio(entry, r["eval"], k) for k in ("flops_per_image", "t_img", "peak_memory_mb")]
+            )
+    if not rows:
+        return []
+    header = ["model", "ratio", "FLOPs", "time", "peak memory (CUDA)"]
+    return ["## Relative cost", "", *md_table(header, rows), ""]
+
+
 def _header(report: Mapping[str, Any]) -> list[str]:
     s, m = report["settings"], report["machine"]
     where = m["device"] if s["device"] != "cpu" else f"CPU only ({m['cpu_threads']} threads)"
@@ -98,6 +134,11 @@ def _measured(report: Mapping[str, Any]) -> list[str]:
         ["`t_img`", f"s per evaluated image, batch {s['eval_batch']}"]
         + [_cell(by_name[n]["eval"], "t_img") for n in models]
     )
+    for mode in _eval_modes(report):
+        rows.append(
+            [f"`t_img({mode})`", f"s per evaluated image, batch {s['eval_batch']}"]
+            + [_cell((by_name[n].get("eval_modes") or {}).get(mode), "t_img") for n in models]
+        )
     if s["device"] != "cpu":
         for mode in _modes(report):
             rows.append(
@@ -141,6 +182,14 @@ def _flop_section(report: Mapping[str, Any]) -> list[str]:
         [f"per evaluated image ({s['test_hw'][0]} x {s['test_hw'][1]})"]
         + [flops((by_name[n]["eval"] or {}).get("flops_per_image")) for n in models]
     )
+    for mode in _eval_modes(report):
+        rows.append(
+            [f"per evaluated image ({mode})"]
+            + [
+                flops(((by_name[n].get("eval_modes") or {}).get(mode) or {}).get("flops_per_image"))
+                for n in models
+            ]
+        )
     if peak:
         rows += [
             [f"lower bound on t_step({mode}) at {peak:g} TFLOP/s, s"]
@@ -263,6 +312,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _measured(report)
     if s["flops"]:
         lines += _flop_section(report)
+    lines += _relative(report)
     lines += _protocol(report)
     for sweep in report.get("sweeps") or []:
         lines += _sweep(sweep)

@@ -181,3 +181,70 @@ def test_a_perfect_detector_scores_100_on_a_split_with_bad_boxes(tmp_path):
     dt = tmp_path / "dt.json"
     dt.write_text(json.dumps(detections))
     assert _pycocotools(gt, dt).stats[0] * 100 < 80
+
+
+# ------------------------------------------------------------------------------------------------
+# adapt.predict's detections.json: images matched by file name, categories by name
+
+
+def _predict_file(gt, tmp_path, names_order, rename=None):
+    """A perfect detector's detections as adapt.predict writes them for `images/*.png`: ids 1..N in
+    the shell's (name) order, which is not the ground truth's, categories numbered in `names_order`."""
+    data = json.loads(gt.read_text())
+    listed = sorted(data["images"], key=lambda im: im["file_name"])  # 0, 1, 10, 11, 2, ...
+    assert [im["id"] for im in listed] != list(range(1, len(listed) + 1))
+    new_id = {im["id"]: n for n, im in enumerate(listed, start=1)}
+    old_names = {c["id"]: c["name"] for c in data["categories"]}
+    new_cat = {name: n for n, name in enumerate(names_order, start=1)}
+    renamed = rename or {}
+    coco = {
+        "images": [
+            {"id": new_id[im["id"]], "file_name": "images/" + renamed.get(im["file_name"], im["file_name"])}
+            for im in listed
+        ],
+        "categories": [{"id": n, "name": name} for name, n in new_cat.items()],
+        "annotations": [
+            {
+                "id": k,
+                "image_id": new_id[a["image_id"]],
+                "category_id": new_cat[old_names[a["category_id"]]],
+                "bbox": a["bbox"],
+                "score": 1.0,
+            }
+            for k, a in enumerate(data["annotations"], start=1)
+        ],
+    }
+    out = tmp_path / "detections.json"
+    out.write_text(json.dumps(coco))
+    return out
+
+
+def test_predicted_images_in_another_order_are_matched_by_file_name(files, tmp_path, capsys):
+    """Issue 24 item 14: the ids numbered the inputs, so a perfect detector scored far under 100."""
+    gt, _ = files
+    dt = _predict_file(gt, tmp_path, ["eel", "cat", "dog"])
+    assert evaluate(gt, dt)["ap"] == pytest.approx(100.0)
+    assert main(["--gt", str(gt), "--dt", str(dt), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ap"] == pytest.approx(100.0)
+
+
+def test_a_results_file_whose_images_cannot_be_matched_is_refused_in_one_sentence(files, tmp_path, capsys):
+    gt, _ = files
+    dt = _predict_file(gt, tmp_path, ["cat", "dog", "eel"], rename={"3.png": "holiday.png"})
+    assert main(["--gt", str(gt), "--dt", str(dt)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"adapt.evaluate: error: {dt}: 1 of its 12 images cannot be matched to the ground truth by file "
+        "name (1 have no image of that name in the ground truth (e.g. 'images/holiday.png')), and its "
+        "image ids number its own inputs, so its AP would be meaningless: predict on the ground "
+        "truth's own images (their file names)\n"
+    )
+    # two inputs of one name (d1/3.png, d2/3.png) cannot both be ground-truth image 3.png
+    data = json.loads(dt.read_text())
+    data["images"][0]["file_name"] = "d1/3.png"
+    data["images"][1]["file_name"] = "d2/3.png"
+    dt.write_text(json.dumps(data))
+    assert main(["--gt", str(gt), "--dt", str(dt)]) == 2
+    err = capsys.readouterr().err
+    assert "images 'd1/3.png' and 'd2/3.png' both match ground-truth image '3.png' (id 4)" in err
+    assert err.count("\n") == 1

@@ -1,85 +1,83 @@
-"""Deploy tests: exports of every mode on the mini model at the demo's sizes, and their ONNX files.
+"""Deploy tests: a shipped deployed detector by default, fresh exports of every mode when slow.
 
-Exports are made the way a training run makes them (``export_run``), from the oracle fixture's
-weights with the mode's trainable tensors moved (seeded), so each mode's file differs from the
-base model. The ONNX files are written once per session: the first costs one trace of the mini
-graph, the others reuse it with their own weights (adapt.deploy.export).
+The default tests run on ``tests/fixtures/deploy`` (a small glip_mini-architecture prompt export
+and its ``detector.onnx``, written by ``scripts/make_deploy_fixture.py``): tracing a GLIP for ONNX
+costs a minute or more of CPU, which the default suite cannot spend. The ``slow`` tests make
+exports the way a training run makes them (``make_export``, the script's recipe), from the oracle
+fixture's weights with each mode's trainable tensors moved (seeded), and export them: the first
+costs one trace of the mini graph, the others reuse it with their own weights (adapt.deploy.export).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-import yaml
 
 import adapt
-from adapt.export import checkpoint_identity, model_identity
-from adapt.model import GLIPConfig, build_glip, load_checkpoint
-from adapt.modes import build_policy, export_run
-from adapt.prompt import encode_prompt, load_tokenizer
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-PACKAGE = Path(adapt.__file__).parent
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "glip_mini_oracle"
-CHECKPOINT = FIXTURE / "mini_glip.pth"
-DEMO = PACKAGE / "data" / "demo"
-# The demo task's test split, at the demo budget's test sizes (conf/budget/demo_glip_mini.yaml).
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "make_deploy_fixture", ROOT / "scripts" / "make_deploy_fixture.py"
+)
+assert _spec is not None and _spec.loader is not None
+fixture_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixture_script)
+
+CHECKPOINT: Path = fixture_script.ORACLE_CHECKPOINT
+CLASSES: tuple[str, ...] = fixture_script.CLASSES
+DEMO_SIZES: dict[str, int] = fixture_script.DEMO_SIZES
+MODES = ("prompt", "linear", "full", "lora")
+make_export = fixture_script.make_export
+mini_arch = fixture_script.mini_arch
+# The shipped fixture: a prompt export, the file `python -m adapt.deploy export` made of it, adapt's
+# eager outputs on a reference batch and the manifest (versions, SHA-256s).
+SHIPPED = fixture_script.OUT
+SHIPPED_EXPORT = SHIPPED / fixture_script.EXPORT_DIR
+SHIPPED_ONNX = SHIPPED / fixture_script.ONNX_FILE
+SHIPPED_REFERENCE = SHIPPED / fixture_script.REFERENCE_FILE
+SHIPPED_MANIFEST = SHIPPED / fixture_script.MANIFEST_FILE
+# What a failing fixture check tells the reader to do.
+REGENERATE = (
+    f"rebuild it with `{fixture_script.REGENERATE}` (about two minutes of CPU: one trace) and commit "
+    "tests/fixtures/deploy"
+)
+DEMO = Path(adapt.__file__).parent / "data" / "demo"
+# The demo task's test split (the fixture's sizes are the demo budget's test sizes).
 DEMO_TEST_IMAGES = [
     str(DEMO / "images" / im["file_name"])
     for im in json.loads((DEMO / "annotations" / "test.json").read_text())["images"]
 ]
-DEMO_SIZES = {"min_size_test": 320, "max_size_test": 533}
-# "tree" is the demo's class; "jellyfish" is two word pieces, so the class pooling averages tokens.
-CLASSES = ("tree", "jellyfish", "bush")
-# The shipped LoRA targets at rank 2: a peft LoraConfig node, as conf/mode/lora.yaml builds it.
-LORA = {
-    "_target_": "peft.LoraConfig",
-    "r": 2,
-    "lora_alpha": 4,
-    "target_modules": yaml.safe_load((PACKAGE / "conf" / "mode" / "lora.yaml").read_text())["policy"][
-        "config"
-    ]["target_modules"],
-}
-MODES = ("prompt", "linear", "full", "lora")
 
 
-def mini_arch() -> dict:
-    arch = yaml.safe_load((PACKAGE / "conf" / "model" / "glip_mini.yaml").read_text())["arch"]
-    arch["input"].update(DEMO_SIZES)
-    return arch
+@pytest.fixture(scope="session")
+def shipped() -> tuple[list[str], Path]:
+    """(adapt.predict's source flags, .onnx) of the shipped fixture."""
+    assert SHIPPED_ONNX.is_file(), f"{SHIPPED_ONNX} missing: {REGENERATE}"
+    return ["--prompt", str(SHIPPED_EXPORT)], SHIPPED_ONNX
 
 
-def make_export(out: Path, mode: str, seed: int = 7, scale: float = 0.02) -> Path:
-    """A run's export of ``mode``: fixture weights, the mode applied, its trainable tensors moved."""
-    model = build_glip(GLIPConfig.from_dict(mini_arch()))
-    load_checkpoint(model, CHECKPOINT)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # peft draws lora_A from the global generator
-        mode_cfg = {"name": mode}
-        if mode == "lora":
-            mode_cfg["policy"] = {"_target_": "adapt.modes.LoRA", "config": LORA}
-        policy = build_policy(mode_cfg)
-        trainable = policy.apply(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in trainable:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-    model.eval()
-    state = {n: p.detach() for n, p in model.named_parameters() if n in trainable}
-    prompt = encode_prompt(list(CLASSES), load_tokenizer())
-    identity = model_identity(model, "glip_mini", checkpoint_identity(CHECKPOINT))
-    return export_run(out, model, policy, state, prompt, identity, task="demo")
+@pytest.fixture(scope="session")
+def shipped_detector(shipped: tuple[list[str], Path]) -> Any:
+    """One onnxruntime session of the shipped file for the default tests (each load optimises the
+    graph again; its metadata is read, not changed)."""
+    from adapt.deploy.runtime import DeployedDetector
+
+    return DeployedDetector(shipped[1])
 
 
 @pytest.fixture(scope="session")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], Path]]:
-    """Per source ("prompt", "linear", "full", "lora", "classes"): (adapt.predict's source flags, .onnx)."""
+    """Per source ("prompt", "linear", "full", "lora", "classes"): (adapt.predict's source flags, .onnx).
+
+    Fresh exports (a trace): for ``slow`` tests only."""
     from adapt.deploy.__main__ import main
 
     root = tmp_path_factory.mktemp("deploy")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CHECKPOINT, DEMO_TEST_IMAGES, make_export
+from conftest import CHECKPOINT, DEMO_TEST_IMAGES, SHIPPED_EXPORT
 
 from adapt.deploy.__main__ import main
 from adapt.export import CONFIG_FILE
@@ -18,8 +19,8 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-def test_a_damaged_onnx_file(deployed, tmp_path, capsys):
-    data = deployed["prompt"][1].read_bytes()
+def test_a_damaged_onnx_file(shipped, tmp_path, capsys):
+    data = shipped[1].read_bytes()
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(data[: len(data) // 2])
     assert main(["predict", str(damaged), DEMO_TEST_IMAGES[0], "--out", str(tmp_path / "out")]) == 2
@@ -43,8 +44,8 @@ def test_an_onnx_file_adapt_did_not_write(tmp_path, capsys):
     assert "not one adapt.deploy wrote" in _one_line_error(capsys)
 
 
-def test_a_file_that_is_not_an_image_and_a_truncated_image(deployed, tmp_path, capsys):
-    onnx_file = str(deployed["prompt"][1])
+def test_a_file_that_is_not_an_image_and_a_truncated_image(shipped, tmp_path, capsys):
+    onnx_file = str(shipped[1])
     text = tmp_path / "notes.jpg"
     text.write_text("not an image\n")
     assert main(["predict", onnx_file, str(text), "--out", str(tmp_path / "out")]) == 2
@@ -58,12 +59,12 @@ def test_a_file_that_is_not_an_image_and_a_truncated_image(deployed, tmp_path, c
 
 def test_an_export_whose_mode_cannot_be_deployed_yet(tmp_path, capsys):
     """A mode defined outside adapt: refused by its name, before anything else."""
-    export = make_export(tmp_path / "export", "linear")
+    export = Path(shutil.copytree(SHIPPED_EXPORT, tmp_path / "export"))
     config = json.loads((export / CONFIG_FILE).read_text())
     config.update(mode="distill", policy="distill")
     (export / CONFIG_FILE).write_text(json.dumps(config))
     out = tmp_path / "d.onnx"
-    assert main(["export", str(export), "--checkpoint", str(CHECKPOINT), "--out", str(out)]) == 2
+    assert main(["export", str(export), "--out", str(out)]) == 2
     err = _one_line_error(capsys)
     assert f"{export / CONFIG_FILE}: mode 'distill' cannot be exported to ONNX yet" in err
     assert "deployable mode policies: prompt, linear, full, lora" in err

@@ -19,7 +19,7 @@ from conftest import DEMO_TEST_IMAGES
 
 from adapt.data.transforms import Resize, ToTensor, resize_boxes, resize_shape
 from adapt.deploy import postprocess
-from adapt.deploy.runtime import DeployedDetector, read_image
+from adapt.deploy.runtime import read_image
 from adapt.deploy.runtime import resize_shape as runtime_resize_shape
 from adapt.model.anchors import AnchorGenerator
 from adapt.model.box_coder import BoxCoder
@@ -48,8 +48,8 @@ def test_resize_rule_equals_adapts():
             assert runtime_resize_shape(h, w, min_size, max_size) == resize_shape(h, w, min_size, max_size)
 
 
-def test_preprocessed_batch_equals_adapts_bit_for_bit(deployed):
-    runtime = DeployedDetector(deployed["classes"][1])
+def test_preprocessed_batch_equals_adapts_bit_for_bit(shipped_detector):
+    runtime = shipped_detector
     pils = [read_image(p) for p in DEMO_TEST_IMAGES[:2]]
     arrays = [runtime.preprocess(p) for p in pils]
     got = runtime.batch(arrays, ["a", "b"])
@@ -104,9 +104,9 @@ def test_numpy_postprocessing_equals_adapts(seed):
     assert np.abs(boxes[order_a] - want_boxes[order_b]).max() <= 1e-3
 
 
-def test_predict_runs_where_torch_cannot_be_imported(deployed, tmp_path):
+def test_predict_runs_where_torch_cannot_be_imported(shipped, tmp_path):
     """`python -m adapt.deploy predict` where torch & co. fail to import: the file it writes in-process."""
-    onnx_file = deployed["prompt"][1]
+    onnx_file = shipped[1]
     images = DEMO_TEST_IMAGES[:2]
     code = PRELUDE.format(blocked=BLOCKED) + (
         "import runpy\n"

@@ -222,3 +222,24 @@ def test_a_tensor_that_does_not_fit_the_model_is_named(tmp_path):
     (out / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ExportError, match=rf"tensor '{name}' has shape \[2, .*the model's parameter has"):
         apply_export(load_export(out), mini_model(weights=True))
+
+
+def test_linear_and_linear_cached_exports_say_which_produced_them(tmp_path):
+    """Issue 24 item 18: both wrote identical adapter_config.json (mode "linear", policy "linear")."""
+    from adapt.config import compose_config
+
+    model, state = _trained("linear")
+    prompt = encode_prompt(["fish", "jellyfish"], load_tokenizer())
+    identity = model_identity(model, "glip_mini", checkpoint_identity(CHECKPOINT))
+    recorded = {}
+    for choice in ("linear", "linear_cached"):
+        policy = build_policy(compose_config([f"mode={choice}"]).mode)
+        out = export_run(tmp_path / choice, model, policy, state, prompt, identity, mode=choice)
+        recorded[choice] = json.loads((out / CONFIG_FILE).read_text())
+        assert load_export(out).policy_name == "linear"  # both apply as the linear probe
+    assert recorded["linear"]["mode_label"] == "linear probing"
+    assert recorded["linear_cached"]["mode_label"] == "linear probing (cached tower)"
+    assert recorded["linear_cached"]["mode"] == "linear_cached"
+    assert load_export(tmp_path / "linear_cached").mode_label == "linear probing (cached tower)"
+    tensors = [(tmp_path / c / TENSORS_FILE).read_bytes() for c in ("linear", "linear_cached")]
+    assert tensors[0] == tensors[1]

@@ -154,3 +154,65 @@ def test_test_before_training_is_the_zero_shot_test(tmp_path, capsys):
     assert prompt["test"] != zero["test"]  # one step of prompt tuning at lr 0.05 changes detections
     out = capsys.readouterr().out
     assert "before training" in out and "after training" in out
+
+
+def test_a_run_started_from_a_fine_tuned_run_names_it(tmp_path, caplog, monkeypatch):
+    """Issue 24 item 16: `checkpoint=<run>/export/adapter_model.safetensors` starts a run from a
+    fine-tuned one. The load report called the unused class-logit head "missing", the export named
+    the start only as `adapter_model.safetensors`, and predict's refusal could not say which run."""
+    from adapt.detector import Detector
+    from adapt.export import ExportError
+    from adapt.runs.job import warn_untrained_default
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_job(compose_job("mode=full", "shots=1", "trainer.max_steps=1"), run_dir=first)
+    start = first / "export" / "adapter_model.safetensors"
+    cfg = compose_job("mode=full", "shots=1", "trainer.max_steps=1", f"checkpoint={start}")
+    with caplog.at_level("INFO"):
+        run_job(cfg, run_dir=second)
+    messages = [r.getMessage() for r in caplog.records]
+    report = next(m for m in messages if m.startswith("loaded adapt checkpoint"))
+    assert "unused by the model (2, not in the file, left at init): head.cls_logits.weight" in report
+    assert "missing" not in report
+    assert not any("random init" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    recorded = json.loads((second / "export" / "adapter_config.json").read_text())["base_model"]["checkpoint"]
+    assert recorded["path"] == str(start) and recorded["run"] == str(first)
+    assert read(second)["checkpoint"] == recorded
+    with pytest.raises(ExportError, match=f"trained on checkpoint {start} \\(from the run {first}\\)"):
+        Detector.from_export(second / "export")
+    # the untrained-glip_mini warning is for glip_mini's random weights, not for trained ones
+    monkeypatch.setattr("adapt.runs.job._warned_untrained", set())
+    caplog.clear()
+    warn_untrained_default(compose_job("task=coco", "task.data_root=/d", f"checkpoint={start}"))
+    assert "untrained" not in caplog.text
+    warn_untrained_default(compose_job("task=coco", "task.data_root=/d"))
+    assert "model=glip_mini is an untrained miniature GLIP" in caplog.text
+
+
+def test_a_run_whose_output_is_not_a_terminal_logs_a_line_per_evaluation_period(
+    tmp_path, caplog, monkeypatch
+):
+    """Issue 24 item 17: under nohup or SLURM an 18-minute run said nothing until its summary."""
+    import re
+
+    periods = ["trainer.max_steps=-1", "trainer.max_epochs=2", "recipe.stop_patience=1000"]
+    cfg = compose_job("mode=prompt", "shots=1", *periods)
+    monkeypatch.setattr("adapt.runs.job.stdout_is_terminal", lambda: False)
+    with caplog.at_level("INFO", logger="adapt.runs.progress"):
+        run_job(cfg, run_dir=tmp_path / "file")
+    lines = [r.getMessage() for r in caplog.records if r.name == "adapt.runs.progress"]
+    history = read(tmp_path / "file")["val_history"]
+    assert len(lines) == len(history) >= 2
+    pattern = (
+        r"epoch (\d+), step (\d+): loss \d+\.\d{4}, val ap (\d+\.\d\d) "
+        r"\(best \d+\.\d\d at step \d+\), \d+:\d\d:\d\d"
+    )
+    for line, h in zip(lines, history, strict=True):
+        m = re.fullmatch(pattern, line)
+        assert m, line
+        assert (int(m[1]), int(m[2]), float(m[3])) == (h["epoch"], h["step"], round(h["ap"], 2))
+    caplog.clear()
+    monkeypatch.setattr("adapt.runs.job.stdout_is_terminal", lambda: True)  # the progress bar shows it
+    with caplog.at_level("INFO", logger="adapt.runs.progress"):
+        run_job(compose_job("mode=prompt", "shots=1", "trainer.max_steps=1"), run_dir=tmp_path / "terminal")
+    assert not [r for r in caplog.records if r.name == "adapt.runs.progress"]

@@ -127,7 +127,8 @@ def test_a_mode_yaml_naming_no_policy_class_is_refused(tmp_path):
         build_policy({"name": "odd", "policy": {"_target_": "torch.nn.Identity"}})
     with pytest.raises(ValueError, match=r"mode\.policy\._target_='nowhere\.Mode' cannot be built"):
         build_policy({"name": "odd", "policy": {"_target_": "nowhere.Mode"}})
-    with pytest.raises(ValueError, match=r"mode policy 'odd' is not registered \(known: .*full, headbias, "):
+    known = r"mode policy 'odd' is not registered \(known: .*full, fusion_prompt, headbias, "
+    with pytest.raises(ValueError, match=known):
         build_policy({"name": "odd"})
 
 
