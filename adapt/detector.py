@@ -391,7 +391,8 @@ def _export_weights(
         return None
     if checkpoint is None:
         want = (official or {}).get("checkpoint") or {}
-        if want.get("file") != ck.get("file"):
+        # Exports record the file's name; a packaged checkpoint's config names "package:<path>".
+        if Path(str(want.get("file"))).name != ck.get("file"):
             raise ExportError(
                 f"{where}: trained on checkpoint {_recognisable(ck)} (sha256 {ck.get('sha256')}), which is "
                 f"not {export.base_name}'s official one; pass that file as --checkpoint "

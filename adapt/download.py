@@ -58,7 +58,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import adapt
 from adapt.atomic import write_json
-from adapt.data.task import data_path, resolve_config
+from adapt.data.task import PACKAGE_PREFIX, data_path, resolve_config
 from adapt.digest import file_sha256
 from adapt.model.config import model_config, model_names
 
@@ -309,6 +309,11 @@ def require_dataset(
     """
     c = _as_dict(task_cfg)
     missing = missing_files(c)
+    if missing and c.get("world"):  # generated, not downloaded: written on first use
+        from adapt.data.world_tasks import ensure_dataset
+
+        ensure_dataset(str(c["world"]), data_path(c["data_root"]))
+        missing = missing_files(c)
     if not missing:
         return data_path(c["data_root"])
     command = fetch_command(c)
@@ -500,6 +505,29 @@ def fetch_checkpoint(
     raise AssertionError("unreachable")  # pragma: no cover - the forced attempt is always fresh
 
 
+def packaged_checkpoint(model_cfg: Mapping[str, Any] | DictConfig) -> Path:
+    """A checkpoint shipped inside adapt (``file: package:<path>``), checked against its pinned SHA-256.
+
+    Nothing to download or cache: the file is part of the installed package, so a mismatch means
+    a damaged installation, and the fix is to reinstall.
+    """
+    c = _as_dict(model_cfg)
+    ckpt = c["checkpoint"]
+    path = data_path(ckpt["file"])
+    pinned = (ckpt.get("sha256") or "").lower() or None
+    if not path.is_file():
+        raise MissingDataError(
+            f"model {c.get('name')}: packaged checkpoint {path} is missing; reinstall adapt"
+        )
+    digest = file_sha256(path)
+    if pinned is not None and digest != pinned:
+        raise DownloadError(
+            f"model {c.get('name')}: packaged checkpoint {path} has SHA-256 {digest} but the config pins "
+            f"{pinned} ({c.get('name')}: checkpoint.sha256); reinstall adapt"
+        )
+    return path
+
+
 def require_checkpoint(
     model_cfg: Mapping[str, Any] | DictConfig,
     cache: str | os.PathLike[str] | None = None,
@@ -511,6 +539,8 @@ def require_checkpoint(
     ckpt = _checkpoint_spec(c)
     if ckpt is None:
         return None
+    if str(ckpt["file"]).startswith(PACKAGE_PREFIX):
+        return packaged_checkpoint(c)
     command = checkpoint_command(c)
     path = checkpoint_path(c)
     reason = ""
@@ -570,11 +600,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [*overrides, f"task.download_dir={args.data_dir}"] if args.data_dir else overrides
                 )
                 cfg = load_config("task", name, task_overrides)
+                if cfg.get("world"):  # generated on this machine, nothing to download
+                    print(f"{name}: {require_dataset(cfg)}")
+                    continue
                 root = fetch_dataset(cfg, args.endpoint, not args.no_progress, args.keep_zip, args.force)
                 require_dataset(cfg)
                 print(f"{name}: {root}")
             elif name in model_names():
                 model_cfg = model_config(name)
+                if str((model_cfg.get("checkpoint") or {}).get("file")).startswith(PACKAGE_PREFIX):
+                    print(f"{name}: {packaged_checkpoint(model_cfg)} (shipped with adapt)")
+                    continue
                 path = fetch_checkpoint(
                     model_cfg, args.cache_dir, args.endpoint, not args.no_progress, args.force
                 )

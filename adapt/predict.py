@@ -31,80 +31,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
-from PIL import ImageDraw
 
-from adapt.atomic import write_json
-from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data.io import read_image
-from adapt.detector import Detections, Detector
+from adapt.detector import Detector
 from adapt.family_detector import FamilyDetector, family_requested
-from adapt.imagefiles import drawn_paths, expand_images
+from adapt.imagefiles import expand_images, write_predictions
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
-
-
-def to_coco(
-    images: Sequence[str | Path],
-    results: Sequence[Detections],
-    names: Sequence[str],
-    drawn: Sequence[Path] | None = None,
-    boxes: BoxConvention = GLIP_BOXES,
-) -> dict[str, Any]:
-    """A COCO detection file with scores: boxes as xywh in the detector's convention (GLIP's +1,
-    w = x2 - x1 + 1; a detector family's, w = x2 - x1).
-
-    Image ids number the inputs 1..N; ``file_name`` is the path as given, which is what
-    ``adapt.evaluate`` matches against a ground truth's images (its ids are its own). ``drawn``
-    (the drawn copies) is recorded as ``images[].drawn``, the file's name in the output folder.
-    """
-    coco: dict[str, Any] = {
-        "images": [],
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
-        "annotations": [],
-    }
-    for image_id, (path, res) in enumerate(zip(images, results, strict=True), start=1):
-        h, w = res.image_size
-        entry = {"id": image_id, "file_name": str(path), "height": h, "width": w}
-        if drawn is not None:
-            entry["drawn"] = drawn[image_id - 1].name
-        coco["images"].append(entry)
-        for (x1, y1, bw, bh), score, label in zip(
-            boxes.xywh(res.boxes).tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
-        ):
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label),
-                    # As adapt.evaluate writes a run's detections, so the two files compare exactly.
-                    "bbox": [round(x1, 3), round(y1, 3), round(bw, 3), round(bh, 3)],
-                    "area": round(bw * bh, 3),
-                    "score": float(score),
-                    "iscrowd": 0,
-                }
-            )
-    return coco
-
-
-def draw(path: str | Path, result: Detections, target: Path, threshold: float) -> Path:
-    """The image with its detections above ``threshold`` drawn, saved as JPEG at ``target`` (never
-    an input: :func:`adapt.imagefiles.drawn_paths` names it)."""
-    image = read_image(path)
-    canvas = ImageDraw.Draw(image)
-    for box, score, label, name in zip(
-        result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(), result.names, strict=True
-    ):
-        if score < threshold:
-            continue
-        color = COLORS[(int(label) - 1) % len(COLORS)]
-        canvas.rectangle(box, outline=color, width=2)
-        canvas.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
-    image.save(target, quality=90)
-    return target
 
 
 # Flags that override the model's test-time input sizes and inference settings (GLIPConfig sections).
@@ -232,14 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"adapt.predict: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    drawn = drawn_paths(images, out)
-    write_json(to_coco(images, results, names, drawn, detector.boxes), out / "detections.json", indent=1)
-    for path, res, target in zip(images, results, drawn, strict=True):
-        draw(path, res, target, args.threshold)
+    written = write_predictions(
+        args.out, images, results, names, args.threshold, read_image, plus_one=detector.boxes.plus_one
+    )
     total = sum(len(r) for r in results)
-    print(f"{total} detections in {len(results)} images -> {out / 'detections.json'} (drawn copies beside)")
+    print(f"{total} detections in {len(results)} images -> {written} (drawn copies beside)")
     return 0
 
 

@@ -40,8 +40,11 @@ def test_default_is_the_embedded_demo():
     cfg = compose_with()
     choices = cfg.hydra.runtime.choices
     assert choices.task == "demo"
-    assert choices.model == "glip_mini"
+    assert choices.model == "glip_mini_pretrained"
     assert choices.mode == "prompt"
+    # its budget (composed after config.yaml's own values) tests the loaded weights first
+    assert cfg.test_before_training is True and cfg.trainer.max_epochs == 10
+    assert compose_with("model=glip_mini").test_before_training is False
 
 
 @pytest.mark.parametrize(
@@ -115,7 +118,7 @@ def test_run_dir_is_deterministic_per_job():
     cfg = compose_with("task=odinw/aquarium", "shots=5", "mode=prompt", "seed=30")
     HydraConfig.instance().set_config(cfg)
     try:
-        assert cfg.hydra.run.dir == "outputs/odinw/aquarium/glip_mini/prompt/shots5_seed30"
+        assert cfg.hydra.run.dir == "outputs/odinw/aquarium/glip_mini_pretrained/prompt/shots5_seed30"
         assert compose_with("shots=all").hydra.run.dir.endswith("/shotsall_seed3")
     finally:
         HydraConfig.instance().cfg = None  # global state: later tests must not see this job

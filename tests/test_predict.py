@@ -112,16 +112,18 @@ def test_another_base_checkpoint_is_refused_with_the_expected_hash(tmp_path, cap
 
 
 def _demo_run(run_dir: Path) -> dict:
-    """The README's `python -m adapt.run` (demo task, glip_mini, prompt tuning, 5 shots), two steps.
+    """The README's `python -m adapt.run` (demo task, glip_mini_pretrained, prompt tuning, 5 shots),
+    two steps. Its export names the packaged checkpoint, which predict finds without a download.
 
-    Two steps leave the untrained mini model's scores under the default 0.05 threshold, so the run
-    keeps every candidate (threshold 0): predict must take that setting from the export to agree.
+    The run keeps every candidate (threshold 0, not the default 0.05): predict must take that
+    setting from the export to agree.
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(adapt.__file__).parent / "conf"), version_base="1.3"):
         overrides = ["trainer=debug", "logger=none", "model.arch.inference.score_threshold=0.0"]
         cfg = compose(config_name="config", overrides=overrides)
-    assert (cfg.task.id, cfg.model.name, cfg.mode.name, cfg.shots) == ("demo", "glip_mini", "prompt", 5)
+    want = ("demo", "glip_mini_pretrained", "prompt", 5)
+    assert (cfg.task.id, cfg.model.name, cfg.mode.name, cfg.shots) == want
     assert cfg.model.arch.input.min_size_test != 800  # the demo tests at the tiles' own size
     run_job(cfg, run_dir=run_dir)
     return json.loads((run_dir / "results.json").read_text())

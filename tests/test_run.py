@@ -87,8 +87,8 @@ def test_a_multirun_over_shots_names_each_folder_by_its_value(tmp_path, monkeypa
     # -<8 hex>: the small-input overrides make these runs distinct from the default ones (adapt/resolvers.py)
     assert len({str(f).rsplit("-", 1)[1] for f in folders}) == 1
     assert [str(f).rsplit("-", 1)[0] for f in folders] == [
-        "demo/glip_mini/zero/shots0_seed3",
-        "demo/glip_mini/zero/shotsall_seed3",
+        "demo/glip_mini_pretrained/zero/shots0_seed3",
+        "demo/glip_mini_pretrained/zero/shotsall_seed3",
     ]
     for folder, (shots, status) in zip(folders, ((0, "complete"), ("all", "failed")), strict=True):
         results = json.loads((tmp_path / "m" / folder / "results.json").read_text())

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from adapt.atomic import write_json
-from adapt.imagefiles import drawn_paths, expand_images
+from adapt.imagefiles import expand_images, write_predictions
 
 PROG = "python -m adapt.deploy"
 
@@ -67,20 +65,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from adapt.deploy.runtime import DeployedDetector, draw, to_coco
+    from adapt.deploy.runtime import DeployedDetector, read_image
 
     images = expand_images(args.images)
     detector = DeployedDetector(args.detector, threads=args.threads)
     results = detector.predict(images, batch_size=args.batch_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    drawn = drawn_paths(images, out)
-    coco = to_coco(images, results, detector.class_names, drawn)
-    write_json(coco, out / "detections.json", indent=1)
-    for path, res, target in zip(images, results, drawn, strict=True):
-        draw(path, res, target, args.threshold)
+    written = write_predictions(args.out, images, results, detector.class_names, args.threshold, read_image)
     total = sum(len(r) for r in results)
-    print(f"{total} detections in {len(results)} images -> {out / 'detections.json'}")
+    print(f"{total} detections in {len(results)} images -> {written}")
     return 0
 
 

@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from adapt.deploy.format import METADATA_KEY, DeployedFileError, parse
 from adapt.deploy.postprocess import Settings, detect
 
 F32 = np.float32
-COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 
 
 class ImageError(ValueError):
@@ -189,58 +188,3 @@ class DeployedDetector:
                     )
                 )
         return results
-
-
-def to_coco(
-    images: Sequence[str | os.PathLike[str]],
-    results: Sequence[Detections],
-    names: Sequence[str],
-    drawn: Sequence[Path] | None = None,
-) -> dict[str, Any]:
-    """The COCO file ``adapt.predict`` writes: xywh with the +1 convention, rounded as adapt rounds,
-    each input's drawn copy as ``images[].drawn``."""
-    coco: dict[str, Any] = {
-        "images": [],
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
-        "annotations": [],
-    }
-    for image_id, (path, res) in enumerate(zip(images, results, strict=True), start=1):
-        h, w = res.image_size
-        entry = {"id": image_id, "file_name": str(path), "height": h, "width": w}
-        if drawn is not None:
-            entry["drawn"] = drawn[image_id - 1].name
-        coco["images"].append(entry)
-        b = res.boxes
-        xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0] + F32(1), b[:, 3] - b[:, 1] + F32(1)], axis=-1)
-        for (x1, y1, bw, bh), score, label in zip(
-            xywh.reshape(-1, 4).tolist(), res.scores.tolist(), res.labels.tolist(), strict=True
-        ):
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": [round(x1, 3), round(y1, 3), round(bw, 3), round(bh, 3)],
-                    "area": round(bw * bh, 3),
-                    "score": float(score),
-                    "iscrowd": 0,
-                }
-            )
-    return coco
-
-
-def draw(path: str | os.PathLike[str], result: Detections, target: Path, threshold: float) -> Path:
-    """The image with its detections above ``threshold`` drawn (as ``adapt.predict`` draws them),
-    saved at ``target`` (never an input: :func:`adapt.imagefiles.drawn_paths` names it)."""
-    image = read_image(path)
-    canvas = ImageDraw.Draw(image)
-    for box, score, label, name in zip(
-        result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(), result.names, strict=True
-    ):
-        if score < threshold:
-            continue
-        color = COLORS[(int(label) - 1) % len(COLORS)]
-        canvas.rectangle(box, outline=color, width=2)
-        canvas.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
-    image.save(target, quality=90)
-    return target

@@ -332,12 +332,37 @@ def save_official(model: GLIP, path: str | Path) -> None:
 
 
 def save_safetensors(model: GLIP, path: str | Path, state_dict: Mapping[str, Tensor] | None = None) -> None:
-    """Weights under adapt names + the GLIPConfig (JSON in the file's metadata)."""
-    from safetensors.torch import save_file
+    """Weights under adapt names + the GLIPConfig (JSON in the file's metadata), byte-reproducible:
+    the same weights give the same file (:func:`canonical_safetensors`)."""
+    from safetensors.torch import save
 
     sd = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     metadata = {"format": SAFETENSORS_FORMAT, SAFETENSORS_CONFIG_KEY: json.dumps(model.cfg.to_dict())}
-    save_file(sd, str(path), metadata=metadata)
+    Path(path).write_bytes(canonical_safetensors(save(sd, metadata=metadata)))
+
+
+def _weights_config(cfg: GLIPConfig) -> dict[str, object]:
+    """The configuration the weights depend on: input sizes and inference settings left out (a
+    run may test at another size, e.g. the demo's budget, without the weights being different)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("input", "inference")}
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """A safetensors file's bytes with its metadata entries in sorted key order.
+
+    Why: safetensors writes the metadata map in an order that changes from process to process, so
+    two runs that produce identical tensors would write files with different SHA-256, and a pinned
+    hash (``glip_mini_pretrained``) could not be reproduced. Tensors, offsets and data are kept
+    as they are; the header is re-serialised compactly and padded to a multiple of 8 bytes.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size].decode("utf-8"))
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None:
+        header = {"__metadata__": dict(sorted(metadata.items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def _adapt_to_adapt(
@@ -384,7 +409,9 @@ def apply_state_dict(
     if fmt == "adapt":
         mapped, report = _adapt_to_adapt(sd, expected, file)
         stored = (metadata or {}).get(SAFETENSORS_CONFIG_KEY)
-        if stored is not None and GLIPConfig.from_dict(json.loads(stored)) != model.cfg:
+        if stored is not None and _weights_config(
+            GLIPConfig.from_dict(json.loads(stored))
+        ) != _weights_config(model.cfg):
             report.notes.append("the file was saved from a model with a different GLIPConfig")
     else:
         mapped, report = official_to_adapt(sd, expected, model.cfg, file)

@@ -13,6 +13,7 @@ from adapt.markdown import md_escape, md_table
 from adapt.report.aggregate import Average, ModelReport, Report
 from adapt.report.grounding import grounding_lines
 from adapt.report.jobs import COMPLETE, DIED, FAILED, MISSING, RUNNING, STATUSES
+from adapt.report.timing import time_table
 
 _MAX_LISTED = 200
 
@@ -172,6 +173,7 @@ def _model_section(
     lines = ["", f"## Model `{mr.model}`", "", *_reference(mr), *_average_table(mr, report)]
     for mode in [m for m in mr.modes if m != ZERO_MODE] or [ZERO_MODE]:
         lines += _mode_table(mr, mode, report)
+    lines += time_table(mr, report.jobs)
     if mr.paper_model:
         lines += [
             "",

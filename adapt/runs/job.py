@@ -119,17 +119,26 @@ def _ending_cleanly(cfg: DictConfig, run_dir: Path) -> float | None:
 _warned_untrained: set[str] = set()
 
 
+MINI_MODELS = {
+    "glip_mini": "an untrained miniature GLIP (random weights, for tests and the demo)",
+    "glip_mini_pretrained": "a miniature GLIP that knows only the words of adapt's generated world",
+}
+
+
 def warn_untrained_default(cfg: DictConfig) -> None:
-    """Once per process: a real task with `glip_mini` (random weights) gives meaningless AP."""
+    """Once per process: a real task with a mini GLIP (random weights, or weights that know only
+    the generated world's words) gives meaningless AP."""
     task = str(cfg.task.get("id") or cfg.task.get("name"))
-    if str(cfg.model.get("name")) != "glip_mini" or task == "demo" or task in _warned_untrained:
+    model = str(cfg.model.get("name"))
+    if model not in MINI_MODELS or task == "demo" or task.startswith("world/") or task in _warned_untrained:
         return
     if cfg.get("checkpoint"):
         return  # trained weights given: the AP means what those weights mean
     _warned_untrained.add(task)
     log.warning(
-        "model=glip_mini is an untrained miniature GLIP (random weights, for tests and the demo): "
-        "its AP on %s means nothing; choose a released model, e.g. model=glip_t",
+        "model=%s is %s: its AP on %s means nothing; choose a released model, e.g. model=glip_t",
+        model,
+        MINI_MODELS[model],
         task,
     )
 
@@ -397,6 +406,11 @@ def fit_and_validate(job: Job, trainer: L.Trainer) -> None:
     resume_from = resume_checkpoint(job.cfg.get("resume"), job.checkpoint_dir / LAST_CKPT)
     if resume_from is not None:
         check_resume_file(Path(resume_from))
+    elif job.cfg.get("test_before_training") and job.prompt is not None:
+        # The weights as loaded, on the test split: the zero-shot AP the trained one is set against.
+        trainer.test(module, datamodule=dm, verbose=False)
+        job.record.update(test_before_training=test_fields(module.last_eval or {}))
+        job.record.write()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     if protocol.evaluated_step != module.global_step or not protocol.history:
         trainer.validate(module, datamodule=dm, verbose=False)  # the final weights count too
@@ -424,6 +438,7 @@ def finalise(job: Job, trainer: L.Trainer) -> float | None:
         export=str(export_dir) if export_dir is not None else None,
         skipped_batches=job.module.skipped_batches,
         wall_time_s=job.clock.elapsed_s(),
+        cpu_time_s=job.clock.cpu_s(),
         resumed=job.clock.resumed,
         peak_memory_mb=peak_memory_mb(job.module.device),
         machine={**machine_info(job.module.device), "processes": trainer.world_size},
@@ -467,7 +482,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> float | None:
 def _record_interruption(record: RunRecord, clock: RunClock, last: Path) -> None:
     """Status "interrupted" in results.json, and the one line that says how to continue."""
     resume_from = str(last) if last.is_file() else None
-    record.update(resume_from=resume_from, wall_time_s=clock.elapsed_s())
+    record.update(resume_from=resume_from, wall_time_s=clock.elapsed_s(), cpu_time_s=clock.cpu_s())
     record.write("interrupted")
     how = (
         f"run the same command again to continue from {last} (the last completed evaluation "
@@ -487,6 +502,7 @@ def _record_history(
         val_history=history,
         **{_best_key(metric): best[metric] if best else None},
         wall_time_s=clock.elapsed_s(),
+        cpu_time_s=clock.cpu_s(),
     )
     record.write()
 

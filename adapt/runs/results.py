@@ -131,17 +131,25 @@ class RunClock(L.Callback):
 
     def __init__(self) -> None:
         self.start = time.time()
+        self.cpu_start = time.process_time()
         self.before_s = 0.0  # time of earlier attempts, as of the checkpoint this one resumed
+        self.cpu_before_s = 0.0
         self.resumed = False
 
     def elapsed_s(self) -> float:
         return round(self.before_s + time.time() - self.start, 2)
 
+    def cpu_s(self) -> float:
+        """CPU seconds of this process's threads (DataLoader workers not counted): on a machine
+        shared with other jobs the wall time measures the load, this measures the run."""
+        return round(self.cpu_before_s + time.process_time() - self.cpu_start, 2)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"elapsed_s": self.elapsed_s()}
+        return {"elapsed_s": self.elapsed_s(), "cpu_s": self.cpu_s()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before_s = float(state_dict["elapsed_s"])
+        self.cpu_before_s = float(state_dict.get("cpu_s", 0.0))  # absent in older checkpoints
         self.resumed = True
 
 

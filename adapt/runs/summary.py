@@ -59,10 +59,19 @@ def _print_ap(results: Mapping[str, Any], console: Console) -> None:
     keys = ("task", "model", "mode", "shots", "seed")
     title = " | ".join(f"{k}={results.get(k)}" for k in keys)
     table = Table(title=title)
+    before = results.get("test_before_training")  # the weights as loaded (zero-shot), when tested
+    if before:
+        table.add_column("weights")
     for column in ("best val AP", "test AP", "AP50", "AP75"):
         table.add_column(column, justify="right")
+    if before:
+        table.add_row("before training", "-", *(_fmt(before.get(k)) for k in ("ap", "ap50", "ap75")))
     table.add_row(
-        _fmt(results.get("best_val_ap")), _fmt(test.get("ap")), _fmt(test.get("ap50")), _fmt(test.get("ap75"))
+        *(["after training"] if before else []),
+        _fmt(results.get("best_val_ap")),
+        _fmt(test.get("ap")),
+        _fmt(test.get("ap50")),
+        _fmt(test.get("ap75")),
     )
     console.print(table)
     per_category = test.get("per_category") or {}

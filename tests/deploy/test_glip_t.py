@@ -15,12 +15,11 @@ from conftest import DEMO_TEST_IMAGES, match_detections
 
 from adapt.deploy.export import export_onnx
 from adapt.deploy.runtime import DeployedDetector
-from adapt.deploy.runtime import to_coco as deployed_coco
 from adapt.deploy.source import from_detector
 from adapt.detector import Detector
+from adapt.imagefiles import detections_coco
 from adapt.model import GLIPConfig, build_glip
 from adapt.model.config import model_config
-from adapt.predict import to_coco
 
 CLASSES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray"]
 
@@ -35,11 +34,11 @@ def test_glip_t_sized_detections_equal_adapts(tmp_path):
     source = from_detector(detector, CLASSES, identity={"kind": "classes", "model": "glip_t", "seed": 0})
     onnx_file = export_onnx(source, tmp_path / "glip_t.onnx")
 
-    want = to_coco(
+    want = detections_coco(
         DEMO_TEST_IMAGES, detector.predict(DEMO_TEST_IMAGES, classes=CLASSES, batch_size=1), CLASSES
     )
     runtime = DeployedDetector(onnx_file)
-    got = deployed_coco(DEMO_TEST_IMAGES, runtime.predict(DEMO_TEST_IMAGES), runtime.class_names)
+    got = detections_coco(DEMO_TEST_IMAGES, runtime.predict(DEMO_TEST_IMAGES), runtime.class_names)
     assert len(want["annotations"]) == 100 * len(DEMO_TEST_IMAGES)
     worst = match_detections(json.loads(json.dumps(want)), got)
     print("glip_t", worst, runtime.meta["verification"])

@@ -22,7 +22,12 @@ from adapt.model import (
     save_official,
     save_safetensors,
 )
-from adapt.model.checkpoint import LEGACY_POSITION_IDS_KEY, TUNABLE_LINEAR_KEY, official_to_adapt
+from adapt.model.checkpoint import (
+    LEGACY_POSITION_IDS_KEY,
+    TUNABLE_LINEAR_KEY,
+    canonical_safetensors,
+    official_to_adapt,
+)
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "glip_mini_oracle"
 CONF = Path(__file__).parents[2] / "adapt" / "conf" / "model"
@@ -146,6 +151,23 @@ def test_safetensors_round_trip_with_config(mini: GLIP, tmp_path: Path):
     assert report.format == "adapt"
     for (k, a), b in zip(mini.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_safetensors_bytes_do_not_depend_on_the_metadata_order(mini: GLIP, tmp_path: Path):
+    """safetensors writes its metadata map in a per-process order; adapt's files sort it, so the
+    same weights give the same bytes (the pinned hash of glip_mini_pretrained depends on it)."""
+    from safetensors.torch import load, save
+
+    path = tmp_path / "model.safetensors"
+    save_safetensors(mini, path)
+    written = path.read_bytes()
+    size = int.from_bytes(written[:8], "little")
+    header = json.loads(written[8 : 8 + size])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    tensors = load(written)
+    for order in (sorted, lambda keys: sorted(keys, reverse=True)):
+        meta = {k: header["__metadata__"][k] for k in order(header["__metadata__"])}
+        assert canonical_safetensors(save(tensors, metadata=meta)) == written
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from adapt.runs.signals import Interrupted, sigterm_raises
 
 # A long run (no early stop) that only the signal ends; one-shot, two workers.
 LONG_RUN = [
+    "model=glip_mini",
     "trainer=debug",
     "logger=none",
     *TINY_INPUT,

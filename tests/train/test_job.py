@@ -15,7 +15,7 @@ from adapt.train.module import GLIPAdaptation
 LORA_TARGETS = r"mode.policy.config.target_modules='.*dyhead_tower\.\d+\.b_attn\.attn\.(v_proj|l_proj)'"
 SCHEMA = {
     *("status", "task", "model", "checkpoint", "mode", "shots", "seed", "val_history", "best_step"),
-    *("best_val_ap", "test", "params", "wall_time_s", "peak_memory_mb", "config"),
+    *("best_val_ap", "test", "params", "wall_time_s", "cpu_time_s", "peak_memory_mb", "config"),
 }
 
 
@@ -104,6 +104,7 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
         run_job(compose_job(*overrides), run_dir=resumed)
     assert read(resumed)["status"] == "failed" and len(read(resumed)["val_history"]) == 1
     first_attempt_s = read(resumed)["wall_time_s"]  # as of its evaluation, before the checkpoint
+    first_attempt_cpu_s = read(resumed)["cpu_time_s"]
     monkeypatch.setattr(GLIPAdaptation, "on_train_batch_start", original)
     run_job(compose_job(*overrides, "resume=auto"), run_dir=resumed)  # what sweeps use
 
@@ -111,6 +112,7 @@ def test_resume_after_an_interruption_reaches_the_uninterrupted_result(tmp_path,
     assert b["status"] == "complete" and b["resumed"] and not a["resumed"]
     # the resumed run's time includes the first attempt's, up to the checkpoint it continued from
     assert first_attempt_s > 0 and b["wall_time_s"] > first_attempt_s
+    assert first_attempt_cpu_s > 0 and b["cpu_time_s"] > first_attempt_cpu_s
     assert [(h["step"], h["ap"], h["lr"]) for h in a["val_history"]] == [
         (h["step"], h["ap"], h["lr"]) for h in b["val_history"]
     ]
@@ -138,6 +140,20 @@ def test_bf16_on_a_cpu_without_a_bf16_unit_warns(monkeypatch: pytest.MonkeyPatch
     assert [str(w.message).split(":")[0] for w in caught] == (
         [] if native else ["trainer.precision=bf16-mixed on a CPU without AVX-512 BF16 or AMX"]
     )
+
+
+def test_test_before_training_is_the_zero_shot_test(tmp_path, capsys):
+    """`test_before_training=true` (the demo's budget): the weights as loaded, tested before the first
+    step, give exactly what a zero-shot run of the same weights gives, and the summary shows both rows."""
+    common = ["model=glip_mini_pretrained", "model.arch.inference.score_threshold=0.0"]
+    run_job(compose_job(*common, "mode=zero", "shots=0"), run_dir=tmp_path / "zero")
+    cfg = compose_job(*common, "mode=prompt", "shots=1", "trainer.max_steps=1", "test_before_training=true")
+    run_job(cfg, run_dir=tmp_path / "prompt")
+    zero, prompt = read(tmp_path / "zero"), read(tmp_path / "prompt")
+    assert prompt["test_before_training"] == zero["test"]
+    assert prompt["test"] != zero["test"]  # one step of prompt tuning at lr 0.05 changes detections
+    out = capsys.readouterr().out
+    assert "before training" in out and "after training" in out
 
 
 def test_a_run_started_from_a_fine_tuned_run_names_it(tmp_path, caplog, monkeypatch):

@@ -36,12 +36,17 @@ def mini_model(weights: bool = False, **swin: object) -> GLIP:
 
 
 def compose_job(*overrides: str):
-    """The job config as `python -m adapt.run` composes it (trainer=debug, logger=none, no workers)."""
+    """The job config as `python -m adapt.run` composes it (trainer=debug, logger=none, no workers),
+    on the random-init glip_mini these tests compare numbers with (the default is pretrained)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             config_name="config",
-            overrides=["trainer=debug", "logger=none", "data.num_workers=0", *TINY_INPUT, *overrides],
+            overrides=[
+                *("model=glip_mini", "trainer=debug", "logger=none", "data.num_workers=0"),
+                *TINY_INPUT,
+                *overrides,
+            ],
         )
 
 
