@@ -204,6 +204,7 @@ def agreement(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def machine_line(threads: int) -> dict[str, Any]:
     import onnxruntime
     import torch
+
     from adapt.runs.results import machine_info
 
     torch.set_num_threads(threads)

@@ -137,7 +137,8 @@ def _by_image(results: list[dict]) -> dict[int, list[tuple[float, int, list[floa
 
 
 def _assert_same_detections(got: list[dict], want: list[dict]) -> None:
-    """Same count and labels per image, scores within 1e-5 (boxes within 1e-3 px)."""
+    """Same count and labels per image, scores within 1e-5, boxes within 1e-3 px: both files round
+    to 3 decimals, so a box that differs in its last float bits may round one step apart."""
     a, b = _by_image(got), _by_image(want)
     assert a.keys() == b.keys()
     for image_id in b:
@@ -145,7 +146,7 @@ def _assert_same_detections(got: list[dict], want: list[dict]) -> None:
         assert sorted(d[1] for d in a[image_id]) == sorted(d[1] for d in b[image_id])
         for x, y in zip(a[image_id], b[image_id], strict=True):
             assert abs(x[0] - y[0]) <= 1e-5
-            assert max(abs(u - v) for u, v in zip(x[2], y[2], strict=True)) <= 1e-3
+            assert max(abs(u - v) for u, v in zip(x[2], y[2], strict=True)) <= 1e-3 + 1e-9
 
 
 def test_an_export_reproduces_its_runs_test_detections_and_ap(tmp_path):

@@ -145,9 +145,9 @@ def test_the_default_folder_name_is_readable_without_extra_overrides(tmp_path):
             HydraConfig.instance().cfg = None  # later tests must not see a running Hydra job
 
     plain = folder("mode=prompt", "shots=1", "seed=30", "logger=none", "resume=true", "data.num_workers=0")
-    assert plain == "outputs/demo/glip_mini/prompt/shots1_seed30"
+    assert plain == "outputs/demo/glip_mini_pretrained/prompt/shots1_seed30"
     lr = folder("mode=prompt", "shots=1", "seed=30", "mode.optimizer.lr=0.1")
-    assert lr.startswith("outputs/demo/glip_mini/prompt/shots1_seed30-") and lr != plain
+    assert lr.startswith("outputs/demo/glip_mini_pretrained/prompt/shots1_seed30-") and lr != plain
     assert folder("mode=prompt", "mode.optimizer.lr=0.1", "seed=30", "shots=1") == lr
 
 

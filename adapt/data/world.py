@@ -159,7 +159,7 @@ class Description:
 
     def text(self, plural: bool = False) -> str:
         values = {"size": self.size, "texture": self.texture, "colour": self.colour}
-        words = [values[name] for name in WORD_ORDER if values[name] is not None]
+        words = [word for name in WORD_ORDER if (word := values[name]) is not None]
         return " ".join([*words, PLURALS[self.kind] if plural else self.kind])
 
 
@@ -328,14 +328,14 @@ def texture_fill(
         period = max(4, side // 4)
         line = max(2, period // 2)
         for k in range(-side, 2 * side, period):
-            draw.line((k, 0, k - side, side), fill=mark, width=line)  # type: ignore[arg-type]
+            draw.line((k, 0, k - side, side), fill=mark, width=line)
     elif texture == "dotted":
         period = max(5, side // 3)
         dot = max(1, period // 4)
         ox, oy = rng.randrange(period), rng.randrange(period)
         for y in range(oy - period, height + period, period):
             for x in range(ox - period, width + period, period):
-                draw.ellipse((x - dot, y - dot, x + dot, y + dot), fill=mark)  # type: ignore[arg-type]
+                draw.ellipse((x - dot, y - dot, x + dot, y + dot), fill=mark)
     else:
         raise ValueError(f"unknown texture {texture!r}; known: {TEXTURES}")
     return fill
@@ -377,7 +377,7 @@ def synthetic_background(kind: str, rng: random.Random, size: int = IMAGE_SIZE) 
         for y in range(0, size, period):
             for x in range(0, size, period):
                 if (x // period + y // period) % 2:
-                    draw.rectangle((x, y, x + period - 1, y + period - 1), fill=soft)  # type: ignore[arg-type]
+                    draw.rectangle((x, y, x + period - 1, y + period - 1), fill=soft)
     else:
         raise ValueError(f"unknown background {kind!r}; known: {BACKGROUNDS}")
     grain = Image.frombytes("L", (size, size), rng.randbytes(size * size)).convert("RGB")
@@ -391,7 +391,7 @@ def _tree_tiles() -> list[tuple[Image.Image, list[tuple[float, float, float, flo
     data = json.loads(demo.joinpath("annotations", "train.json").read_text())
     boxes: dict[int, list[tuple[float, float, float, float]]] = {}
     for ann in data["annotations"]:
-        boxes.setdefault(ann["image_id"], []).append(tuple(ann["bbox"]))  # type: ignore[arg-type]
+        boxes.setdefault(ann["image_id"], []).append(tuple(ann["bbox"]))
     tiles = []
     for image in sorted(data["images"], key=lambda im: im["file_name"]):
         with demo.joinpath("images", image["file_name"]).open("rb") as f:
@@ -510,7 +510,7 @@ def describe(thing: Thing, rng: random.Random) -> Description:
     if thing.kind == TREE:
         return Description(TREE)
     names = _weighted(rng, [d for d, _ in DESCRIPTIONS], [w for _, w in DESCRIPTIONS])
-    values = {name: thing.attribute(name) for name in names}  # type: ignore[union-attr,attr-defined]
+    values = {name: thing.attribute(name) for name in names}  # type: ignore[attr-defined]
     return Description(thing.kind, values.get("colour"), values.get("size"), values.get("texture"))
 
 

@@ -253,7 +253,7 @@ class TaskDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def starting_epoch(self) -> int:
-        """The epoch the attached trainer's next training pass is (0 without a trainer).
+        """The epoch the attached trainer's next training pass is (0 without a trainer or its loop).
 
         Lightning creates the training iterator before it calls the sampler's ``set_epoch``, and a
         DataLoader with workers draws its first indices at that moment: a run resumed at epoch 3
@@ -261,10 +261,10 @@ class TaskDataModule(L.LightningDataModule):
         is read lazily, after ``set_epoch``). Starting the sampler at the epoch Lightning will set
         makes the two agree.
         """
-        trainer = self.trainer
-        if trainer is None:
+        fit_loop = getattr(self.trainer, "fit_loop", None)  # a bare rank (tests, DDP checks) has none
+        if fit_loop is None:
             return 0
-        progress: Any = trainer.fit_loop.epoch_progress.current  # a _ReadyCompletedTracker subclass
+        progress: Any = fit_loop.epoch_progress.current  # a _ReadyCompletedTracker subclass
         return int(progress.processed)
 
     def train_dataloader(self) -> DataLoader:
