@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CHECKPOINT, DEMO_TEST_IMAGES, SHIPPED_EXPORT
 
 from adapt.deploy.__main__ import main
 from adapt.export import CONFIG_FILE
+from tests.deploy.conftest import CHECKPOINT, DEMO_TEST_IMAGES, SHIPPED_EXPORT
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

@@ -11,14 +11,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import (
-    CHECKPOINT,
-    CLASSES,
-    DEMO_TEST_IMAGES,
-    SHIPPED_EXPORT,
-    match_detections,
-    mini_arch,
-)
 
 from adapt.deploy import deform
 from adapt.deploy.__main__ import main as deploy
@@ -30,6 +22,14 @@ from adapt.detector import Detector
 from adapt.digest import file_sha256
 from adapt.model import GLIPConfig, build_glip, load_checkpoint
 from adapt.predict import main as predict
+from tests.deploy.conftest import (
+    CHECKPOINT,
+    CLASSES,
+    DEMO_TEST_IMAGES,
+    SHIPPED_EXPORT,
+    match_detections,
+    mini_arch,
+)
 
 # The largest differences seen, per source (printed with -s; the README of benchmarks quotes them).
 MAXIMA: dict[str, dict[str, float]] = {}

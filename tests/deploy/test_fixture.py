@@ -18,7 +18,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import (
+
+from adapt.deploy import format as deploy_format
+from adapt.deploy.export import GRAPH_VERSION, OPSET, TOLERANCE, reference_outputs
+from adapt.deploy.runtime import DeployedDetector
+from adapt.deploy.source import from_export
+from adapt.digest import file_sha256
+from adapt.export import FORMAT_VERSION, load_export
+from tests.deploy.conftest import (
     REGENERATE,
     SHIPPED,
     SHIPPED_EXPORT,
@@ -27,13 +34,6 @@ from conftest import (
     SHIPPED_REFERENCE,
     fixture_script,
 )
-
-from adapt.deploy import format as deploy_format
-from adapt.deploy.export import GRAPH_VERSION, OPSET, TOLERANCE, reference_outputs
-from adapt.deploy.runtime import DeployedDetector
-from adapt.deploy.source import from_export
-from adapt.digest import file_sha256
-from adapt.export import FORMAT_VERSION, load_export
 
 KINDS = ("deltas", "centerness", "scores")
 

@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-from conftest import DEMO_TEST_IMAGES, match_detections
 
 from adapt.deploy.export import export_onnx
 from adapt.deploy.runtime import DeployedDetector
@@ -20,6 +19,7 @@ from adapt.detector import Detector
 from adapt.imagefiles import detections_coco
 from adapt.model import GLIPConfig, build_glip
 from adapt.model.config import model_config
+from tests.deploy.conftest import DEMO_TEST_IMAGES, match_detections
 
 CLASSES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray"]
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_TEST_IMAGES
 
 from adapt.data.transforms import Resize, ToTensor, resize_boxes, resize_shape
 from adapt.deploy import postprocess
@@ -26,6 +25,7 @@ from adapt.model.box_coder import BoxCoder
 from adapt.model.config import InputConfig
 from adapt.model.postprocess import PostProcessor
 from adapt.model.preprocess import batch_images
+from tests.deploy.conftest import DEMO_TEST_IMAGES
 
 BLOCKED = ("torch", "torchvision", "transformers", "omegaconf", "hydra", "lightning", "peft", "safetensors")
 # A process in which these cannot be imported: None in sys.modules makes `import x` raise.
