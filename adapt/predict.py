@@ -38,36 +38,9 @@ from adapt.data.io import read_image
 from adapt.detector import Detector
 from adapt.family_detector import FamilyDetector, family_requested
 from adapt.imagefiles import expand_images, write_predictions
+from adapt.inference_flags import SETTINGS, add_setting_flags, apply_setting_flags
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
-
-
-# Flags that override the model's test-time input sizes and inference settings (GLIPConfig sections).
-SETTINGS: dict[str, tuple[str, str, type, str]] = {
-    "--min-size": ("input", "min_size_test", int, "short side of the resized image"),
-    "--max-size": ("input", "max_size_test", int, "long-side cap of the resized image"),
-    "--score-threshold": ("inference", "score_threshold", float, "minimum detection score"),
-    "--pre-nms-top-n": ("inference", "pre_nms_top_n", int, "candidates per level before NMS"),
-    "--nms-threshold": ("inference", "nms_threshold", float, "IoU of class-wise NMS"),
-    "--detections-per-image": ("inference", "detections_per_image", int, "detections kept per image"),
-}
-
-
-def override_settings(detector: Detector, args: argparse.Namespace, from_export: bool) -> None:
-    """Apply the size and inference flags; over an export's recorded value, say so (detections then
-    differ from the run's)."""
-    for flag, (section, key, _, _) in SETTINGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is None:
-            continue
-        node = getattr(detector.model.cfg, section)
-        if from_export and value != getattr(node, key):
-            print(
-                f"adapt.predict: note: {flag} {value} replaces the export's {key}={getattr(node, key)}; "
-                "detections will differ from the run's",
-                file=sys.stderr,
-            )
-        setattr(node, key, value)
 
 
 def override_family_settings(detector: FamilyDetector, args: argparse.Namespace, from_export: bool) -> None:
@@ -121,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threshold", type=float, default=0.3, help="score threshold for drawing (default 0.3)"
     )
-    for flag, (_, _, kind, what) in SETTINGS.items():
-        parser.add_argument(flag, type=kind, help=f"{what} (default: the export's, else the model's)")
+    add_setting_flags(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -161,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(detector, Detector):
             if args.batch_size is None and detector.recorded_batch_size is None:
                 detector.batch_size = 1  # an export from before the size was recorded: one at a time
-            override_settings(detector, args, from_export=bool(args.prompt))
+            apply_setting_flags(detector.model.cfg, args, "adapt.predict", from_export=bool(args.prompt))
         results = detector.predict(images, classes=classes)
         names = classes or detector.default_classes
     except (ValueError, FileNotFoundError, OSError) as exc:

@@ -13,18 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from adapt.imagefiles import expand_images, write_predictions
+from adapt.inference_flags import add_setting_flags, apply_setting_flags
 
 PROG = "python -m adapt.deploy"
-
-# The size and inference flags of adapt.predict, applied to the model config before export.
-SETTINGS: dict[str, tuple[str, str, type, str]] = {
-    "--min-size": ("input", "min_size_test", int, "short side of the resized image"),
-    "--max-size": ("input", "max_size_test", int, "long-side cap of the resized image"),
-    "--score-threshold": ("inference", "score_threshold", float, "minimum detection score"),
-    "--pre-nms-top-n": ("inference", "pre_nms_top_n", int, "candidates per level before NMS"),
-    "--nms-threshold": ("inference", "nms_threshold", float, "IoU of class-wise NMS"),
-    "--detections-per-image": ("inference", "detections_per_image", int, "detections kept per image"),
-}
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -46,18 +37,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"{PROG} export: error: --classes is empty", file=sys.stderr)
             return 2
         source = from_classes(classes, model=args.model or "glip_t", checkpoint=args.checkpoint)
-    for flag, (section, key, _, _) in SETTINGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is None:
-            continue
-        node = getattr(source.model.cfg, section)
-        if args.export is not None and value != getattr(node, key):
-            print(
-                f"{PROG}: note: {flag} {value} replaces the export's {key}={getattr(node, key)}; "
-                "detections will differ from the run's",
-                file=sys.stderr,
-            )
-        setattr(node, key, value)
+    apply_setting_flags(source.model.cfg, args, PROG, from_export=args.export is not None)
     out = export_onnx(source, args.out, deform_conv=args.deform_conv)
     size = out.stat().st_size / 2**20
     print(f"{len(source.class_names)} classes, {size:.1f} MiB -> {out}")
@@ -90,8 +70,7 @@ def parser() -> argparse.ArgumentParser:
         default="deformconv",
         help="deformable conv as ONNX DeformConv or gather (standard ops)",
     )
-    for flag, (_, _, kind, what) in SETTINGS.items():
-        e.add_argument(flag, type=kind, help=f"{what} (default: the export's, else the model's)")
+    add_setting_flags(e)
     r = sub.add_parser("predict", help="detect with a deployed file (numpy, Pillow, onnxruntime only)")
     r.add_argument("detector", help="the .onnx file written by export")
     r.add_argument("images", nargs="+", help="image files or folders (a folder: the images in it)")
