@@ -23,11 +23,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from adapt.base_weights import export_base_weights, load_weights
 from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data.io import read_image
 from adapt.data.transforms import Resize, ToTensor, resize_boxes
-from adapt.export import Export, ExportError, load_export
-from adapt.model.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_config
+from adapt.export import ExportError, load_export
+from adapt.model.checkpoint import CheckpointError, LoadReport, read_config
 from adapt.model.config import GLIPConfig, model_config, model_names
 from adapt.model.glip import GLIP, build_glip
 from adapt.model.language import TextFeatures
@@ -117,7 +118,7 @@ class Detector:
 
             checkpoint = require_checkpoint(official, download=download)
         glip = build_glip(cfg)
-        report = load_checkpoint(glip, checkpoint) if checkpoint is not None else None
+        report = load_weights(glip, checkpoint, official, download) if checkpoint is not None else None
         detector = cls(glip, device=device, batch_size=batch_size)
         detector.load_report = report
         return detector
@@ -194,10 +195,10 @@ class Detector:
         # The recorded architecture, unless another model is named (or a format-1 export has none).
         replace = official is not None and (model is not None or "arch" not in artifact.config)
         cfg = artifact.glip_config(official["arch"] if replace else None, tokenizer)  # type: ignore[index]
-        weights = _export_weights(artifact, checkpoint, official, download)
+        weights = export_base_weights(artifact, checkpoint, official, download)
         seed = artifact.random_init_seed
         glip = build_glip(cfg, seed=seed if seed is not None else 0)
-        report = load_checkpoint(glip, weights) if weights is not None else None
+        report = load_weights(glip, weights, official, download) if weights is not None else None
         text = policy.load_export(artifact, glip)
         if text.features is not None:
             glip.language_backbone = None  # type: ignore[assignment]  # the stored text replaces it
@@ -364,42 +365,3 @@ class _Query:
     names: dict[int, str]  # label -> class name
     label_to_tokens: dict[int, list[int]] | list[dict[int, list[int]]]  # a list: one map per prompt
     text: Callable[[int], TextFeatures | list[TextFeatures]]  # batch size -> text features (per prompt)
-
-
-def _recognisable(ck: Mapping[str, Any]) -> str:
-    """The base weights as a user knows them: the path the run was given, and the run folder an
-    export's tensors came from (``checkpoint=<run>/export/adapter_model.safetensors``)."""
-    text = str(ck.get("path") or ck.get("file"))
-    return f"{text} (from the run {ck['run']})" if ck.get("run") else text
-
-
-def _export_weights(
-    export: Export, checkpoint: str | Path | None, official: Mapping[str, Any] | None, download: bool
-) -> Path | None:
-    """The weights file ``export`` was trained on, checked by SHA-256 (None: the seeded random init).
-
-    ``checkpoint`` is the user's file; without one, the model config's official checkpoint is taken
-    through :func:`adapt.download.require_checkpoint` when it is the recorded file. Any other weights
-    stop here with the hash they should have.
-    """
-    ck, where = export.checkpoint, export.metadata_file
-    if not ck:
-        raise ExportError(
-            f"{where}: records no base weights (base_model.checkpoint), so it cannot be checked"
-        )
-    if ck.get("file") is None and checkpoint is None:
-        return None
-    if checkpoint is None:
-        want = (official or {}).get("checkpoint") or {}
-        # Exports record the file's name; a packaged checkpoint's config names "package:<path>".
-        if Path(str(want.get("file"))).name != ck.get("file"):
-            raise ExportError(
-                f"{where}: trained on checkpoint {_recognisable(ck)} (sha256 {ck.get('sha256')}), which is "
-                f"not {export.base_name}'s official one; pass that file as --checkpoint "
-                "(Detector.from_export(..., checkpoint=...))"
-            )
-        from adapt.download import require_checkpoint
-
-        checkpoint = require_checkpoint(official, download=download)  # type: ignore[arg-type]
-        assert checkpoint is not None
-    return export.verify_weights(checkpoint)

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from adapt.atomic import write_json
+from adapt.base_weights import load_weights
 from adapt.boxes import GLIP_BOXES, BoxConvention
 from adapt.data import Task, build_task
 from adapt.data.grounding_task import GROUNDING, GroundingTask, is_grounding_config
@@ -41,7 +42,7 @@ from adapt.digest import file_sha256
 from adapt.download import require_checkpoint, require_dataset
 from adapt.export import model_identity
 from adapt.metrics.coco import detections_to_coco, evaluate
-from adapt.model import GLIP, GLIPConfig, build_glip, load_checkpoint
+from adapt.model import GLIP, GLIPConfig, build_glip
 from adapt.modes import ModePolicy, build_policy, export_run
 from adapt.prompt import EncodedPrompt, encode_prompt, load_tokenizer
 from adapt.runs import sweep
@@ -155,13 +156,14 @@ def build_model(cfg: DictConfig) -> tuple[GLIP, dict[str, Any]]:
     if path is None:
         # No released weights (glip_mini): build_glip drew them from its fixed seed.
         return model, {"file": None, "sha256": None, "random_init_seed": 0}
-    report = load_checkpoint(model, path)
+    # A run's full or linear export is loaded on the weights it was trained on (adapt.base_weights).
+    official = OmegaConf.to_container(cfg.model, resolve=True)
+    report = load_weights(model, path, official)  # type: ignore[arg-type]
     log.info("%s", report)
     if cfg.get("checkpoint") and report.missing:
         log.warning(
             "checkpoint=%s holds no value for %d of the model's parameters (%s...): they keep their "
-            "random init; a prompt or LoRA export, or a full fine-tune of a model with frozen stages, "
-            "is not a whole model",
+            "random init",
             path,
             len(report.missing),
             report.missing[0],

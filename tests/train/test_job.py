@@ -171,15 +171,18 @@ def test_a_run_started_from_a_fine_tuned_run_names_it(tmp_path, caplog, monkeypa
     with caplog.at_level("INFO"):
         run_job(cfg, run_dir=second)
     messages = [r.getMessage() for r in caplog.records]
-    report = next(m for m in messages if m.startswith("loaded adapt checkpoint"))
-    assert "unused by the model (2, not in the file, left at init): head.cls_logits.weight" in report
-    assert "missing" not in report
+    report = next(m for m in messages if m.startswith("loaded "))
+    assert report.startswith("loaded no checkpoint (glip_mini's seeded random init)")
+    assert f"note: then the full export {start}: " in report and "missing" not in report
     assert not any("random init" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     recorded = json.loads((second / "export" / "adapter_config.json").read_text())["base_model"]["checkpoint"]
     assert recorded["path"] == str(start) and recorded["run"] == str(first)
     assert read(second)["checkpoint"] == recorded
     with pytest.raises(ExportError, match=f"trained on checkpoint {start} \\(from the run {first}\\)"):
         Detector.from_export(second / "export")
+    # given that file, the chain resolves: the first run's export on its base, the second's on top
+    chained = Detector.from_export(second / "export", checkpoint=start)
+    assert f"then the full export {start}" in str(chained.load_report)
     # the untrained-glip_mini warning is for glip_mini's random weights, not for trained ones
     monkeypatch.setattr("adapt.runs.job._warned_untrained", set())
     caplog.clear()
@@ -187,6 +190,50 @@ def test_a_run_started_from_a_fine_tuned_run_names_it(tmp_path, caplog, monkeypa
     assert "untrained" not in caplog.text
     warn_untrained_default(compose_job("task=coco", "task.data_root=/d"))
     assert "model=glip_mini is an untrained miniature GLIP" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["full", "linear"])
+def test_a_start_from_an_export_is_the_export_on_its_base_weights(tmp_path, mode):
+    """`checkpoint=<run>/export/...` of a full fine-tune with frozen Swin stages (GLIP-T's
+    freeze_at=2) or of a linear probe: the export holds only the trained tensors, and everything else
+    kept the random init. The start is now the model the run ended with: its base weights (the
+    shipped glip_mini_pretrained file, checked by SHA-256) with the export on top, the very tensors
+    Detector.from_export builds (compared exactly)."""
+    from adapt.detector import Detector
+    from adapt.download import require_checkpoint
+    from adapt.model import build_glip
+    from adapt.model.checkpoint import load_checkpoint
+    from adapt.runs.job import build_model
+
+    # patch embedding + stage 1 frozen, as GLIP-T
+    frozen = ["model=glip_mini_pretrained", "model.arch.swin.freeze_at=2"]
+    first = tmp_path / "first"
+    run_job(compose_job(f"mode={mode}", "shots=1", "trainer.max_steps=1", *frozen), run_dir=first)
+    start = first / "export" / "adapter_model.safetensors"
+    exported = load_file(start)
+    model, identity = build_model(compose_job("mode=zero", "shots=0", f"checkpoint={start}", *frozen))
+    assert identity["run"] == str(first)
+    ended = Detector.from_export(first / "export").model
+    base = build_glip(model.cfg)
+    load_checkpoint(base, require_checkpoint(compose_job(frozen[0]).model))
+    got, want, shipped = model.state_dict(), ended.state_dict(), base.state_dict()
+    assert got.keys() == want.keys()
+    for name in got:
+        assert torch.equal(got[name], want[name]), name
+    # what the export did not hold is the shipped weights, not the random init
+    untouched = [k for k in got if k not in exported and not k.startswith("head.cls_logits")]
+    assert untouched and all(torch.equal(got[k], shipped[k]) for k in untouched)
+    assert any(k.startswith("backbone.body.swin.embeddings") for k in untouched)
+
+
+def test_a_start_from_a_prompt_export_is_refused_with_what_to_do(tmp_path):
+    from adapt.export import ExportError
+    from adapt.runs.job import build_model
+
+    run_job(compose_job("mode=prompt", "shots=1", "trainer.max_steps=1"), run_dir=tmp_path / "p")
+    start = tmp_path / "p" / "export" / "adapter_model.safetensors"
+    with pytest.raises(ExportError, match="a prompt export holds no model weights .* adapt.predict --prompt"):
+        build_model(compose_job("mode=zero", "shots=0", f"checkpoint={start}"))
 
 
 def test_a_run_whose_output_is_not_a_terminal_logs_a_line_per_evaluation_period(
