@@ -232,7 +232,8 @@ def test_a_start_from_a_prompt_export_is_refused_with_what_to_do(tmp_path):
 
     run_job(compose_job("mode=prompt", "shots=1", "trainer.max_steps=1"), run_dir=tmp_path / "p")
     start = tmp_path / "p" / "export" / "adapter_model.safetensors"
-    with pytest.raises(ExportError, match="a prompt export holds no model weights .* adapt.predict --prompt"):
+    refusal = r"a prompt export holds no model weights .* adapt\.predict --prompt"
+    with pytest.raises(ExportError, match=refusal):
         build_model(compose_job("mode=zero", "shots=0", f"checkpoint={start}"))
 
 
