@@ -427,6 +427,25 @@ def test_non_odinw_runs_average_over_their_own_tasks(tmp_path):
     assert files["m_average.png"].read_bytes()[:8] == PNG_MAGIC
 
 
+def test_tasks_keeps_a_subset_and_averages_over_it(tmp_path, capsys):
+    """`--tasks`: a folder with side runs (the world's seen-word zero-shot check beside its by-shots
+    sweep) is reported on the named tasks; the average is over them alone."""
+    for task, ap in (("world/synonyms", 10.0), ("world/novel", 20.0), ("world/seen", 90.0)):
+        write_result(tmp_path, GridPoint(task, "m", "zero", 0, 3), ap=ap)
+    (mr,) = rp.build_report(
+        tmp_path, paper=rp.PaperReference(), tasks=["world/synonyms", "world/novel"]
+    ).models
+    assert mr.suite == "mean over 2 tasks" and mr.averages[("zero", "0")].mean == pytest.approx(15.0)
+    assert rp.main([str(tmp_path), "--no-plots", "--no-paper", "--tasks", "world/novel"]) == 0
+    assert "Seen words" not in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        rp.main([str(tmp_path), "--no-plots", "--tasks", "world/nope"])
+    assert (
+        "no jobs of task world/nope; it holds world/novel, world/seen, world/synonyms"
+        in capsys.readouterr().err
+    )
+
+
 def test_markdown_table_escapes_pipes():
     lines = md_table(["a|b", "c"], [["x|y", "line\nbreak"]])
     assert lines == ["| a\\|b | c |", "|---|---|", "| x\\|y | line break |"]

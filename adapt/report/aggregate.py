@@ -201,10 +201,22 @@ def build_report(
     paper: PaperReference | None = None,
     paper_model: str | None = None,
     ddof: int = 0,
+    tasks: Sequence[str] | None = None,
 ) -> Report:
-    """Collect a sweep folder's jobs (manifest and results.json files) and aggregate them per model."""
+    """Collect a sweep folder's jobs (manifest and results.json files) and aggregate them per model.
+
+    ``tasks`` keeps only those tasks' jobs (the average is then over them): a folder that also
+    holds side runs, such as the world's seen-word zero-shot checks beside its by-shots sweep, is
+    reported on the benchmark's tasks alone. A task the folder does not hold is a ValueError.
+    """
     paper = paper if paper is not None else load_paper()
     jobs, warnings = collect_jobs(sweep_dir)
+    if tasks is not None:
+        held = sorted({j.point.task for j in jobs})
+        unknown = [t for t in tasks if t not in held]
+        if unknown:
+            raise ValueError(f"{sweep_dir}: no jobs of task {', '.join(unknown)}; it holds {', '.join(held)}")
+        jobs = [j for j in jobs if j.point.task in tasks]
     by_model: Mapping[str, list[Job]] = defaultdict(list)
     for job in jobs:
         if not is_grounding(job.results or {}):  # grounding runs have their own table (report.grounding)

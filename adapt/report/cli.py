@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ddof", type=int, choices=(0, 1), default=0, help="std over seeds: 0 population, 1 sample"
     )
     parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="TASK",
+        help="report only these tasks (e.g. world/synonyms)",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a job failed, is missing or unfinished"
     )
     return parser
@@ -75,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a folder")
     paper = PaperReference() if args.no_paper else load_paper(args.paper_dir)
-    report = build_report(args.sweep_dir, paper=paper, paper_model=args.paper_model, ddof=args.ddof)
+    try:
+        report = build_report(
+            args.sweep_dir, paper=paper, paper_model=args.paper_model, ddof=args.ddof, tasks=args.tasks
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     written = write_report(report, args.out or args.sweep_dir / "report", plots=not args.no_plots)
     print("\n".join(_summary(report)))
     print(f"wrote {written['report.md']}")
