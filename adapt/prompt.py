@@ -12,7 +12,7 @@ truncates it (and then scores classes on tokens the model never saw).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import as_file, files
@@ -301,23 +301,34 @@ def encode_prompt_chunks(
     if len(prompts) != len(class_names):
         raise ValueError(f"{len(prompts)} caption prompts for {len(class_names)} classes")
 
+    return chunk_classes(
+        len(class_names),
+        lambda a, b: encode_prompt(class_names[a:b], tokenizer, prompts[a:b], labels[a:b], max_query_len),
+        max_classes_per_chunk,
+    )
+
+
+def chunk_classes(
+    num_classes: int,
+    encode: Callable[[int, int], EncodedPrompt],
+    max_classes_per_chunk: int | None = None,
+) -> list[EncodedPrompt]:
+    """Consecutive prompts that each fit, in class order: ``encode(a, b)`` is the prompt of
+    classes ``a..b-1`` (each keeping its global label), or raises :class:`PromptTooLongError`.
+
+    Grow a chunk one class at a time (tokenising is cheap next to a forward pass) until the next
+    class would not fit or the chunk holds ``max_classes_per_chunk`` classes; a single class that
+    does not fit alone is an error. GLIP's captions and the detector families'
+    (``adapt.families.captions``) share this rule.
+    """
     chunks: list[EncodedPrompt] = []
     start = 0
-    while start < len(class_names):
+    while start < num_classes:
         encoded: EncodedPrompt | None = None
         stop = start
-        # Grow the chunk one class at a time; tokenising is cheap next to a forward pass.
-        while stop < len(class_names) and (
-            max_classes_per_chunk is None or stop - start < max_classes_per_chunk
-        ):
+        while stop < num_classes and (max_classes_per_chunk is None or stop - start < max_classes_per_chunk):
             try:
-                candidate = encode_prompt(
-                    class_names[start : stop + 1],
-                    tokenizer,
-                    prompts[start : stop + 1],
-                    labels[start : stop + 1],
-                    max_query_len,
-                )
+                candidate = encode(start, stop + 1)
             except PromptTooLongError:
                 if stop == start:  # a single class that does not fit on its own
                     raise

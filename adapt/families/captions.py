@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from adapt.prompt import EncodedPrompt, PromptTooLongError
+from adapt.prompt import chunk_classes as chunk_prompts
 
 PHRASE_END = " ."
 PHRASE_SEPARATOR = " "
@@ -158,30 +159,13 @@ def chunk_classes(
 ) -> list[EncodedPrompt]:
     """Consecutive prompts that each fit, in class order, each class keeping its global label.
 
-    The rule of ``adapt.prompt.encode_prompt_chunks``: grow a chunk one class at a time until the
-    next class would not fit (``encode`` raises ``PromptTooLongError``) or the chunk holds
-    ``max_classes_per_chunk`` classes; a single class that does not fit alone is an error.
+    The rule of GLIP's captions (``adapt.prompt.chunk_classes``): ``encode(names, labels)`` raises
+    ``PromptTooLongError`` where the next class would not fit.
     """
     class_names = list(class_names)
     labels = _labels(class_names, labels)
     if not class_names:
         raise ValueError("no classes to encode")
-    chunks: list[EncodedPrompt] = []
-    start = 0
-    while start < len(class_names):
-        encoded: EncodedPrompt | None = None
-        stop = start
-        while stop < len(class_names) and (
-            max_classes_per_chunk is None or stop - start < max_classes_per_chunk
-        ):
-            try:
-                candidate = encode(class_names[start : stop + 1], labels[start : stop + 1])
-            except PromptTooLongError:
-                if stop == start:
-                    raise
-                break
-            encoded, stop = candidate, stop + 1
-        assert encoded is not None
-        chunks.append(encoded)
-        start = stop
-    return chunks
+    return chunk_prompts(
+        len(class_names), lambda a, b: encode(class_names[a:b], labels[a:b]), max_classes_per_chunk
+    )
