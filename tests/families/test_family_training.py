@@ -20,6 +20,7 @@ from adapt.modes.family import FamilyPolicy, family_mode
 from adapt.train.family_data import FamilyCollate
 from adapt.train.family_module import FamilyAdaptation
 from tests.families.conftest import CLASSES, image
+from tests.train.train_helpers import TrainingStep
 
 # Two images of different sizes (two groups for Grounding DINO's processor), with 2 and 1 boxes in
 # the data reader's inclusive corners.
@@ -167,20 +168,6 @@ def test_the_recipe_s_lang_lr_applies_to_the_family_s_text_encoder():
 # DDP: 2 gloo processes, one image each, against one process with both
 
 
-class _Step(torch.nn.Module):
-    """What Lightning's DDP wrapper calls: one training step of the module."""
-
-    def __init__(self, module: FamilyAdaptation) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        self.module.on_train_batch_start(batch, 0)
-        loss = self.module.training_step(batch, 0)
-        assert loss is not None
-        return loss
-
-
 def _grads(module: FamilyAdaptation) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.model.named_parameters() if p.grad is not None}
 
@@ -190,7 +177,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
     try:
         module = module_for("grounding_dino_mini", "linear")
         module.train()
-        ddp = torch.nn.parallel.DistributedDataParallel(_Step(module))
+        ddp = torch.nn.parallel.DistributedDataParallel(TrainingStep(module))
         ddp(collate(module, [SAMPLES[rank]])).backward()
         if rank == 0:
             torch.save(_grads(module), out)
@@ -209,7 +196,7 @@ def test_one_ddp_step_has_the_single_process_gradient(tmp_path: Path):
     got = torch.load(out, weights_only=True)
     module = module_for("grounding_dino_mini", "linear")
     module.train()
-    _Step(module)(collate(module, SAMPLES)).backward()
+    TrainingStep(module)(collate(module, SAMPLES)).backward()
     want = _grads(module)
     assert want and set(got) == set(want)
     for name, grad in want.items():

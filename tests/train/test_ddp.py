@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_helpers import compose_job
+from train_helpers import TrainingStep, compose_job
 
 from adapt.data import build_task
 from adapt.modes import build_policy
@@ -62,20 +62,6 @@ def _setup(mode: str = "prompt") -> tuple[GLIPAdaptation, TaskDataModule]:
     return module, dm
 
 
-class _Step(torch.nn.Module):
-    """DDP calls ``forward``: one training step of the module (what Lightning's wrapper does)."""
-
-    def __init__(self, module: GLIPAdaptation) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        self.module.on_train_batch_start(batch, 0)
-        loss = self.module.training_step(batch, 0)
-        assert loss is not None
-        return loss
-
-
 class _Rank:
     """Stands in for the trainer the datamodule asks for (world size, rank)."""
 
@@ -109,7 +95,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         assert isinstance(loader.sampler, DistributedEpochSampler) and loader.batch_size == 1
         batch = _nth(loader, STEP)
         module.train()
-        ddp = torch.nn.parallel.DistributedDataParallel(_Step(module))
+        ddp = torch.nn.parallel.DistributedDataParallel(TrainingStep(module))
         ddp(batch).backward()
         predictions = _predictions(module, dm.val_dataloader())
         if rank == 0:
@@ -143,7 +129,7 @@ def test_one_ddp_step_has_the_single_process_batch_gradient(two_processes: dict[
     # each rank by its own positives would give another gradient.
     assert len({len(t["boxes"]) for t in batch["targets"]}) == WORLD
     module.train()
-    _Step(module)(batch).backward()
+    TrainingStep(module)(batch).backward()
     want, got = _grads(module), two_processes["grads"]
     assert want and set(got) == set(want)
     for name, grad in want.items():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import lightning as L
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -93,3 +96,18 @@ def apply_export(export, model: GLIP):
 
     policy_for_export(export.policy_name).load_export(export, model)
     return model
+
+
+class TrainingStep(torch.nn.Module):
+    """What Lightning's DDP wrapper calls: one training step of a LightningModule (GLIP's or a
+    detector family's), so a test can wrap it in DistributedDataParallel itself."""
+
+    def __init__(self, module: L.LightningModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        self.module.on_train_batch_start(batch, 0)
+        loss = self.module.training_step(batch, 0)
+        assert loss is not None
+        return loss
