@@ -104,7 +104,7 @@ def load_weights(
     if base is None:
         report = LoadReport(file=f"({export.base_name}'s seeded random init)", format="no")
     else:
-        report = load_weights(model, base, official, download)
+        report = load_checkpoint(model, base)  # an official or packaged file: a whole model
     tensors = {k: v for k, v in export.tensors.items() if not k.startswith("prompt.")}
     load_named_tensors(export, model, tensors)
     report.notes.append(
